@@ -1,0 +1,147 @@
+"""The job file: a YAML contract validated by pydantic, every error reported at once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.core.errors import ConfigError
+
+VendorName = Literal["kontent", "esploro", "mediapocket", "actionhub", "wordbee"]
+_CREDENTIAL_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_.\-/]*$")
+
+
+class SourceSpec(BaseModel):
+    """Where the asset records come from (a manifest now; SQL and listings later)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="fsspec URL or local path of the manifest(s); globs allowed")
+    format: Literal["csv", "json", "jsonl", "parquet"] | None = Field(
+        default=None, description="default: from the file extension"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options (e.g. endpoint_url)"
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="rename source columns to canonical names"
+    )
+
+
+class DestinationSpec(BaseModel):
+    """The vendor, its base URL and credential *references* (never the secret values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: VendorName
+    url: str | None = Field(default=None, description="base URL; default: the vendor's public one")
+    credentials: dict[str, str] = Field(
+        default_factory=dict, description="env:NAME or secret:BLOCK_NAME references"
+    )
+    settings: dict[str, Any] = Field(default_factory=dict, description="vendor-specific settings")
+
+    @field_validator("credentials")
+    @classmethod
+    def _references_only(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k, v in value.items() if not _CREDENTIAL_REF.match(str(v)))
+        if bad:
+            # Never echo the value: it may be a pasted secret.
+            raise ValueError(
+                f"credentials {', '.join(bad)} must be a reference like env:NAME or "
+                "secret:BLOCK_NAME, not a literal value"
+            )
+        return value
+
+
+class JobSpec(BaseModel):
+    """One migration job. Shown as a form in the Prefect UI; contains no secret values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    source: SourceSpec
+    destination: DestinationSpec
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    concurrency: int = Field(default=2, ge=1, le=32, description="batches loaded at once")
+    state: str = Field(default=".assetferry/", description="where the ledger and rejects live")
+    retries: int = Field(default=2, ge=0, le=10, description="Prefect retries of a failed batch")
+    retry_delay_seconds: float = Field(default=30.0, ge=0)
+
+
+def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list[str]:
+    """One line per pydantic error: ``<file>: <dotted.key>: <message>`` (values never echoed)."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {prefix}{key}: {err['msg']}")
+    return lines
+
+
+def parse_job(data: Any, *, where: str = "<job>") -> JobSpec:
+    """Validate a job mapping, including the vendor's own settings; raise one ConfigError listing
+    every problem found."""
+    from connectors.vendors import vendor_class  # local: the registry imports vendor modules
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    errors: list[str] = []
+    job: JobSpec | None = None
+    try:
+        job = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        errors += format_errors(exc, where=where)
+
+    dest = data.get("destination") if isinstance(data.get("destination"), dict) else {}
+    vendor = dest.get("vendor")
+    if isinstance(vendor, str):
+        try:
+            cls = vendor_class(vendor)
+        except ConfigError as exc:
+            errors.append(f"{where}: destination.vendor: {exc}")
+        else:
+            try:
+                cls.Settings.model_validate(dest.get("settings") or {})
+            except ValidationError as exc:
+                errors += format_errors(exc, where=where, prefix="destination.settings.")
+            missing = sorted(set(cls.credential_keys) - set(dest.get("credentials") or {}))
+            errors += [f"{where}: destination.credentials.{k}: required" for k in missing]
+    if errors:
+        raise ConfigError("invalid job file:\n  " + "\n  ".join(errors))
+    assert job is not None
+    return job
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a YAML job file. Raises ConfigError naming the file and every bad key."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read job file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{at}") from None
+    job = parse_job(data, where=str(p))
+    return relative_to(job, p.resolve().parent)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("/")
+
+
+def relative_to(job: JobSpec, base: Path) -> JobSpec:
+    """Resolve relative local paths (manifest, state) against the job file's folder, so a run
+    does the same thing whatever the current directory is."""
+    updates: dict[str, Any] = {}
+    if _is_local(job.source.url):
+        updates["source"] = job.source.model_copy(update={"url": str(base / job.source.url)})
+    if _is_local(job.state):
+        updates["state"] = str(base / job.state)
+    return job.model_copy(update=updates)

@@ -1,0 +1,122 @@
+"""Extract -> canonicalize -> window -> vendor prepare -> batches; plain Python shared by the
+Prefect flow, ``validate`` and ``--dry-run`` (which must answer without starting Prefect)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import SecretStr
+
+from connectors.core.credentials import resolve_credentials
+from connectors.core.job import JobSpec
+from connectors.core.ledger import Ledger, RejectsWriter
+from connectors.core.records import REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window
+from connectors.sources.manifest import ManifestSource
+from connectors.vendors import vendor_class
+from connectors.vendors.base import Connector
+
+
+def make_connector(job: JobSpec, credentials: dict[str, SecretStr] | None = None) -> Connector:
+    """The job's connector. ``credentials`` None = resolve the job's references now (env/secret)."""
+    cls = vendor_class(job.destination.vendor)
+    if credentials is None:
+        credentials = resolve_credentials(job.destination.credentials)
+    file_options = job.source.options
+    return cls(url=job.destination.url, settings=job.destination.settings, credentials=credentials,
+               file_options=file_options)
+
+
+def state_url(job: JobSpec, connector: Connector) -> str:
+    """``<state>/<job>/<vendor>-<destination key>``: one ledger per job and destination."""
+    return f"{job.state.rstrip('/')}/{job.name}/{job.destination.vendor}-{connector.destination_key()}"
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    outside_window: int = 0
+    rejected: int = 0
+    ready: int = 0
+
+
+@dataclass
+class Pipeline:
+    """Streams a job's source as ready-to-load batches, collecting rejects on the way.
+
+    Memory is bounded by one source chunk plus one batch, whatever the manifest size (the
+    duplicate tracker keeps one entry per distinct id).
+    """
+
+    job: JobSpec
+    connector: Connector
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = None
+    chunk_rows: int = 10_000
+    counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        self.window = parse_window(self.since, self.until)
+        src = self.job.source
+        self.source = ManifestSource(src.url, format=src.format, options=src.options, columns=src.columns)
+
+    def prepared(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        """(ready rows, rejected rows) per source chunk, after the window and the limit."""
+        tracker = DuplicateTracker()
+        for chunk in self.source.chunks(self.chunk_rows):
+            if self.limit is not None and self.counts.ready >= self.limit:
+                return
+            self.counts.read += len(chunk.frame)
+            good, rejects = canonicalize(chunk, tracker)
+            if self.window != (None, None):
+                inside = in_window(good, *self.window)
+                self.counts.outside_window += int((~inside).sum())
+                good = good[inside].reset_index(drop=True)
+            ready, vendor_rejects = self.connector.prepare(good)
+            rejects = pd.concat([rejects, vendor_rejects], ignore_index=True) if len(vendor_rejects) else rejects
+            if self.limit is not None:
+                ready = ready.iloc[: max(0, self.limit - self.counts.ready)]
+            self.counts.rejected += len(rejects)
+            self.counts.ready += len(ready)
+            yield ready, rejects
+
+    def batches(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        """(batch of ``job.batch_size`` rows or fewer, rejects found since the previous batch)."""
+        size = self.job.batch_size
+        pending: list[pd.DataFrame] = []
+        held = 0
+        rejects: list[pd.DataFrame] = []
+        for ready, chunk_rejects in self.prepared():
+            if len(chunk_rejects):
+                rejects.append(chunk_rejects)
+            pending.append(ready)
+            held += len(ready)
+            while held >= size:
+                frame = pd.concat(pending, ignore_index=True)
+                batch, rest = frame.iloc[:size], frame.iloc[size:]
+                pending, held = [rest], len(rest)
+                yield batch.reset_index(drop=True), _concat(rejects)
+                rejects = []
+        if held or rejects:
+            frame = pd.concat(pending, ignore_index=True) if pending else pd.DataFrame()
+            yield frame.reset_index(drop=True), _concat(rejects)
+
+    def count_rows(self) -> int:
+        """Rows in the source (one extra streaming pass), for progress totals."""
+        return sum(len(c.frame) for c in self.source.chunks(self.chunk_rows))
+
+    def ledger(self) -> Ledger:
+        return Ledger(state_url(self.job, self.connector), self.job.source.options if "://" in self.job.state else None)
+
+    def rejects_writer(self, name: str = "rejects.csv") -> RejectsWriter:
+        opts: dict[str, Any] | None = self.job.source.options if "://" in self.job.state else None
+        return RejectsWriter(f"{state_url(self.job, self.connector)}/{name}", REJECT_COLUMNS, opts)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=list(REJECT_COLUMNS))
+    return pd.concat(frames, ignore_index=True)

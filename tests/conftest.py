@@ -1,0 +1,80 @@
+"""Shared fixtures: a private Prefect home, the Kontent simulator on a real socket, moto S3."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+# Before anything imports prefect: offline settings and a Prefect home of the suite's own.
+_HOME = tempfile.mkdtemp(prefix="assetferry-prefect-home-")
+os.environ.update({
+    "PREFECT_HOME": _HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
+os.environ.pop("PREFECT_API_URL", None)
+
+import httpx  # noqa: E402
+
+from sandbox import kontent  # noqa: E402
+from sandbox.server import running  # noqa: E402
+
+KONTENT_KEY = kontent.DEMO_API_KEY
+KONTENT_ENV = kontent.DEMO_ENVIRONMENT_ID
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A real (temporary) Prefect server for every test that runs a flow in this process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def kontent_server() -> Iterator[str]:
+    """The Kontent.ai simulator over a real socket; yields its root URL (vendor base: root + /v2)."""
+    with running(kontent.create_app()) as root:
+        yield root
+
+
+@pytest.fixture
+def kontent(kontent_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A clean simulator (state and limits reset) and the API key in the environment."""
+    httpx.post(f"{kontent_server}/_sandbox/reset").raise_for_status()
+    httpx.post(f"{kontent_server}/_sandbox/limits", json={"per_second": 10, "per_minute": 400}).raise_for_status()
+    monkeypatch.setenv("KONTENT_API_KEY", KONTENT_KEY)
+    yield kontent_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto in server mode over HTTP (driven through s3fs by the code under test)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

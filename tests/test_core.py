@@ -1,0 +1,188 @@
+"""Unit tests of the plumbing: job file, credentials, limiter, ledger."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectors.core.credentials import resolve_credentials
+from connectors.core.errors import ConfigError
+from connectors.core.job import load_job
+from connectors.core.ledger import Ledger, RejectsWriter, entry
+from connectors.core.ratelimit import SlidingWindowLimiter, Window
+
+ENV = "8d20758c-d74c-4f59-ae04-ee928c0816b7"
+
+
+def write_job(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def good_job() -> dict:
+    return {
+        "name": "product-images",
+        "source": {"url": "manifest.csv"},
+        "destination": {"vendor": "kontent", "credentials": {"api_key": "env:KONTENT_API_KEY"},
+                        "settings": {"environment_id": ENV}},
+    }
+
+
+def test_job_file_relative_paths_resolve_against_the_job_folder(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path, good_job()))
+    assert job.source.url == str(tmp_path / "manifest.csv")
+    assert job.state == str(tmp_path / ".assetferry")
+    assert job.batch_size == 50
+
+
+def test_job_file_reports_every_error_with_file_and_key(tmp_path: Path) -> None:
+    data = good_job()
+    data["batch_size"] = 0
+    data["destination"]["settings"] = {"environment_id": "not-a-uuid", "colour": "red"}
+    data["destination"]["credentials"] = {}
+    data["surprise"] = 1
+    path = write_job(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    text = str(info.value)
+    for needle in ("batch_size", "surprise", "destination.settings.environment_id",
+                   "destination.settings.colour", "destination.credentials.api_key"):
+        assert f"{path}: {needle}" in text, needle
+
+
+def test_literal_secret_in_job_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    data = good_job()
+    data["destination"]["credentials"] = {"api_key": "sk-live-very-secret"}
+    with pytest.raises(ConfigError) as info:
+        load_job(write_job(tmp_path, data))
+    assert "credentials" in str(info.value)
+    assert "sk-live-very-secret" not in str(info.value)
+
+
+def test_unbuilt_vendor_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
+    data = good_job()
+    data["destination"]["vendor"] = "wordbee"
+    with pytest.raises(ConfigError, match="not available in this version"):
+        load_job(write_job(tmp_path, data))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad)
+
+
+def test_credentials_resolve_from_env_and_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "s3cr3t")
+    creds = resolve_credentials({"api_key": "env:MY_KEY"})
+    assert creds["api_key"].get_secret_value() == "s3cr3t"
+    assert "s3cr3t" not in repr(creds)
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ConfigError, match="MY_KEY is not set"):
+        resolve_credentials({"api_key": "env:MY_KEY"})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_sliding_window_never_exceeds_any_window() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([Window(10, 1.0), Window(40, 60.0)], margin=0.0, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(100):
+        limiter.acquire()
+        sent.append(clock.now)
+    for i, t in enumerate(sent):
+        in_second = sum(1 for u in sent[i:] if u < t + 1.0)
+        in_minute = sum(1 for u in sent[i:] if u < t + 60.0)
+        assert in_second <= 10 and in_minute <= 40
+    # and it is not wastefully slow: 100 requests at 40/min need just over two minutes
+    assert 120.0 <= sent[-1] <= 121.0
+
+
+def test_penalise_holds_every_caller() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([Window(100, 1.0)], clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    limiter.penalise(5.0)
+    limiter.acquire()
+    assert clock.now >= 5.0
+
+
+def test_limiter_is_thread_safe() -> None:
+    limiter = SlidingWindowLimiter([Window(1000, 1.0)])
+    count = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal count
+        for _ in range(200):
+            limiter.acquire()
+            with lock:
+                count += 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert count == 800
+    assert len(limiter._sent) <= 1000
+
+
+def test_ledger_last_line_wins_torn_tail_ignored_and_compaction(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "state"))
+    with ledger.writer("run1", 0) as w:
+        w.record(entry("a", "uploaded", "run1", file_ref="f1"))
+        w.record(entry("a", "loaded", "run1", hash="h1", vendor_id="v1", file_ref="f1"))
+        w.record(entry("b", "intent", "run1"))
+    with ledger.writer("run2", 0) as w:
+        w.record(entry("b", "loaded", "run2", hash="h2", vendor_id="v2"))
+    # a killed writer leaves a torn line
+    journal = next((tmp_path / "state" / "journal").glob("run2-*.jsonl"))
+    with journal.open("a") as f:
+        f.write('{"id": "c", "status": "lo')
+    entries = ledger.load()
+    assert entries["a"].status == "loaded" and entries["a"].vendor_id == "v1"
+    assert entries["b"].status == "loaded" and entries["b"].run == "run2"
+    assert "c" not in entries
+    assert ledger.compact() == 2
+    assert not list((tmp_path / "state" / "journal").glob("*.jsonl"))
+    assert Ledger(str(tmp_path / "state")).load().keys() == {"a", "b"}
+    lines = (tmp_path / "state" / "snapshot.jsonl").read_text().splitlines()
+    assert {json.loads(line)["id"] for line in lines} == {"a", "b"}
+
+
+def test_batch_entries_returns_an_earlier_attempt(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path))
+    with ledger.writer("r", 3) as w:
+        w.record(entry("x", "loaded", "r", hash="h"))
+    assert ledger.batch_entries("r", 3)["x"].hash == "h"
+    assert ledger.batch_entries("r", 4) == {}
+
+
+def test_rejects_writer_appends_and_clears_previous_file(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "rejects.csv"
+    path.write_text("old\n")
+    w = RejectsWriter(str(path), ["id", "reason"])
+    assert not path.exists()  # last run's rejects removed at start
+    w.write(pd.DataFrame({"id": ["a"], "reason": ["bad, really"]}))
+    w.write(pd.DataFrame({"id": ["b"], "reason": ["worse"]}))
+    w.close()
+    back = pd.read_csv(path)
+    assert back["id"].tolist() == ["a", "b"] and back["reason"][0] == "bad, really"
