@@ -170,7 +170,9 @@ def demo() -> None:
     from sandbox import kontent
     from sandbox.server import running
 
-    demo_dir = Path(__file__).resolve().parent.parent / "sandbox" / "demo"
+    from importlib.resources import files
+
+    demo_dir = Path(str(files("sandbox") / "demo"))
     state = Path(tempfile.mkdtemp(prefix="assetferry-demo-"))
     os.environ["ASSETFERRY_DEMO_KEY"] = kontent.DEMO_API_KEY
     with running(kontent.create_app()) as root:

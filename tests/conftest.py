@@ -27,11 +27,11 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import httpx  # noqa: E402
 
-from sandbox import kontent  # noqa: E402
+from sandbox import kontent as kontent_sim  # noqa: E402
 from sandbox.server import running  # noqa: E402
 
-KONTENT_KEY = kontent.DEMO_API_KEY
-KONTENT_ENV = kontent.DEMO_ENVIRONMENT_ID
+KONTENT_KEY = kontent_sim.DEMO_API_KEY
+KONTENT_ENV = kontent_sim.DEMO_ENVIRONMENT_ID
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def kontent_server() -> Iterator[str]:
     """The Kontent.ai simulator over a real socket; yields its root URL (vendor base: root + /v2)."""
-    with running(kontent.create_app()) as root:
+    with running(kontent_sim.create_app()) as root:
         yield root
 
 

@@ -204,6 +204,16 @@ def test_gzip_csv_is_decompressed(tmp_path: Path) -> None:
     assert _joined(chunks)["id"].tolist() == ["a1", "a2", "a3"]
 
 
+def test_gzip_jsonl_and_json_are_decompressed(tmp_path: Path) -> None:
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write('{"id": "j1", "file": "a.jpg"}\n{"id": "j2", "file": "b.jpg"}\n')
+    with gzip.open(tmp_path / "m.json.gz", "wt", encoding="utf-8") as f:
+        f.write('{"assets": [{"id": "k1", "file": "c.jpg"}]}')
+
+    assert _joined(_collect(ManifestSource(str(tmp_path / "m.jsonl.gz"))))["id"].tolist() == ["j1", "j2"]
+    assert _joined(_collect(ManifestSource(str(tmp_path / "m.json.gz"))))["id"].tolist() == ["k1"]
+
+
 def test_explicit_format_overrides_extension(tmp_path: Path) -> None:
     path = tmp_path / "export.txt"
     path.write_text('{"id": "x", "file": "x.jpg"}\n')

@@ -55,6 +55,7 @@ class FileStore:
         if fs is None:
             opts = {} if protocol == "file" else self.options
             fs = self._fs[protocol] = fsspec.filesystem(protocol, **opts)
+            fs.invalidate_cache()  # shared instance: never trust another run's cached listings
         path = url if protocol in ("http", "https") else fs._strip_protocol(url)
         return fs, path
 

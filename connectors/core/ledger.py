@@ -90,6 +90,7 @@ class Ledger:
 
     def load(self) -> dict[str, LedgerEntry]:
         """Every record's last state. Memory: one entry per distinct record id."""
+        self.fs.invalidate_cache()  # other writers (processes) may have added journals
         entries: dict[str, LedgerEntry] = {}
         paths = [self._path("snapshot.jsonl")] if self.fs.exists(self._path("snapshot.jsonl")) else []
         for path in paths + self._journal_paths():

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.core.errors import ConfigError
 
@@ -140,36 +141,40 @@ def canonicalize(chunk: RecordChunk, tracker: DuplicateTracker) -> tuple[pd.Data
     }
     text["file_name"] = text["file_name"].fillna(_file_names(text["file"]))
     text["content_type"] = text["content_type"].fillna(_guess_content_types(text["file_name"]))
-    updated_at, stamp_text = _timestamps(raw["updated_at"] if "updated_at" in raw.columns else None, index)
+    updated_at, stamp_text = _timestamps(raw.get("updated_at"), index)
 
     ids = text["id"]
     field = pd.Series(pd.NA, index=index, dtype=object)
     reason = pd.Series(pd.NA, index=index, dtype=object)
 
     def flag(problem: pd.Series, name: str, why: str | pd.Series) -> None:
+        """Record ``why`` for the rows with ``problem`` that have no earlier problem."""
         hit = problem & field.isna()
         field.loc[hit] = name
-        reason.loc[hit] = why[hit] if isinstance(why, pd.Series) else why
+        reason.loc[hit] = why if isinstance(why, str) else why.reindex(index)[hit]
 
     flag(ids.isna(), "id", "missing id")
-    flag(ids.str.contains(_CONTROL, regex=True).fillna(False).astype(bool), "id", "id contains control characters")
+    control = ids.str.contains(_CONTROL, regex=True).fillna(False).astype(bool)
+    flag(control, "id", "id contains control characters")
     flag(text["file"].isna(), "file", "missing file")
-    flag(stamp_text.notna() & updated_at.isna(), "updated_at", "invalid timestamp '" + stamp_text + "'")
+    bad_stamp = stamp_text.notna() & updated_at.isna()
+    flag(bad_stamp, "updated_at", "invalid timestamp '" + stamp_text[bad_stamp] + "'")
 
     valid = field.isna()
     if valid.any():
-        duplicate = tracker.check(ids[valid], chunk.source, rows[valid])
-        duplicate = duplicate[duplicate]
-        if len(duplicate):
-            where = tracker.first_seen(ids[duplicate.index])
-            why = (
-                "duplicate id '" + ids[duplicate.index] + "' (first seen at "
-                + where["source"] + " row " + where["row"].astype(str) + ")"
+        repeated = tracker.check(ids[valid], chunk.source, rows[valid])
+        repeated = repeated.index[repeated.to_numpy()]
+        if len(repeated):
+            where = tracker.first_seen(ids[repeated])
+            flag(
+                pd.Series(index.isin(repeated), index=index),
+                "id",
+                "duplicate id '" + ids[repeated] + "' (first seen at " + where["source"]
+                + " row " + where["row"].astype(str) + ")",
             )
-            flag(pd.Series(index.isin(duplicate.index), index=index), "id", why.reindex(index))
 
     canonical = pd.DataFrame(
-        {**text, "tags": _tags(raw["tags"] if "tags" in raw.columns else None, index), "updated_at": updated_at},
+        {**text, "tags": _tags(raw.get("tags"), index), "updated_at": updated_at},
         index=index,
     )[list(CANONICAL_COLUMNS)]
     extra = [c for c in raw.columns if c not in CANONICAL_COLUMNS and c not in META_COLUMNS]
@@ -254,7 +259,7 @@ def in_window(frame: pd.DataFrame, since: pd.Timestamp | None, until: pd.Timesta
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Values as stripped strings (``STRING_DTYPE``), ``""`` → NA; integral floats lose their ``.0``."""
+    """Values as stripped strings (``STRING_DTYPE``), ``""`` → NA; integral floats drop ``.0``."""
     if pd.api.types.is_float_dtype(values.dtype):
         finite = values.dropna()
         if ((finite % 1) == 0).all() and (finite.abs() < 2**53).all():
@@ -277,10 +282,11 @@ def _file_names(files: pd.Series) -> pd.Series:
 
 def _guess_content_types(names: pd.Series) -> pd.Series:
     """``mimetypes`` guess per unique extension; compressed files get the compression's type."""
-    extensions = names.str.extract(r"(\.[^./\\]+)$", expand=False).str.lower()
+    found = pc.extract_regex(_arrow_text(names), r"(?P<ext>\.[^./\\]+)$").field("ext")
+    lowered = pc.utf8_lower(found).to_numpy(zero_copy_only=False)
+    extensions = pd.Series(lowered, index=names.index, dtype=object)
     table = {ext: _content_type_for(ext) for ext in extensions.dropna().unique()}
-    guessed = extensions.map(table).fillna(DEFAULT_CONTENT_TYPE)
-    return guessed.astype(STRING_DTYPE)
+    return extensions.map(table).astype(STRING_DTYPE).fillna(DEFAULT_CONTENT_TYPE)
 
 
 def _content_type_for(extension: str) -> str:
@@ -294,21 +300,32 @@ def _tags(values: pd.Series | None, index: pd.RangeIndex) -> pd.Series:
     """A list of tags per row from ``|``-separated text and/or lists (items trimmed, empty dropped).
 
     ``|`` separates tags everywhere, also inside list items. Rows without tags get ``[]``.
+    Text columns are split in Arrow; other columns are exploded first (lists, arrays, scalars).
     """
     n = len(index)
     if values is None:
-        items = pd.Series([], dtype=object)
+        positions, text = np.empty(0, dtype=np.int64), pa.array([], type=pa.large_string())
+    elif pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        positions, text = np.arange(n, dtype=np.int64), _arrow_text(values)
     else:
-        items = pd.Series(values.to_numpy(dtype=object), index=index).explode()
-        items = _as_text(items[items.notna()])
-        items = items.str.split(TAG_SEPARATOR).explode().str.strip()
-        items = items[items.notna() & items.ne("")]
-    counts = np.bincount(items.index.to_numpy(dtype=np.int64), minlength=n)
+        items = pd.Series(values.to_numpy(dtype=object), index=pd.RangeIndex(n)).explode()
+        items = items[items.notna()]
+        positions, text = items.index.to_numpy(dtype=np.int64), _arrow_text(items)
+    parts = pc.split_pattern(text, TAG_SEPARATOR)
+    owner = positions[pc.list_parent_indices(parts).to_numpy()]
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(parts))
+    keep = pc.fill_null(pc.greater(pc.utf8_length(flat), 0), False)
+    flat, owner = flat.filter(keep), owner[keep.to_numpy(zero_copy_only=False)]
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    flat = pa.array(items.to_numpy(dtype=object), type=pa.large_string())
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), flat).to_pylist()
+    np.cumsum(np.bincount(owner, minlength=n), out=offsets[1:])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), flat.cast(pa.large_string())).to_pylist()
     return pd.Series(np.fromiter(lists, dtype=object, count=n), index=index)
+
+
+def _arrow_text(values: pd.Series) -> pa.Array:
+    """``values`` as an Arrow string array (zero-copy for Arrow-backed strings)."""
+    array = pa.array(values.astype(STRING_DTYPE).array)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _timestamps(values: pd.Series | None, index: pd.RangeIndex) -> tuple[pd.Series, pd.Series]:

@@ -30,13 +30,13 @@ EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-# ValueError covers pandas ParserError, json.JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid.
+# ValueError covers pandas' ParserError, JSONDecodeError, UnicodeDecodeError and ArrowInvalid.
 _PARSE_ERRORS = (ValueError, EOFError, zlib.error, gzip.BadGzipFile)
 _HTTP = frozenset({"http", "https"})
 
 
 def display_url(url: str) -> str:
-    """``url`` made safe for logs and messages: a password in it and an http(s) query string are masked."""
+    """``url`` made safe for logs and messages: its password and any http(s) query are masked."""
     if "://" not in url:
         return url
     try:
@@ -90,7 +90,7 @@ class ManifestSource:
         return f"ManifestSource({self.describe()})"
 
     def describe(self) -> str:
-        """One log line: the (masked) URL, format, renames and storage option names, never their values."""
+        """One log line: masked URL, format, renames and storage option names (never values)."""
         parts = [f"format {self.format or 'from extension'}"]
         if self._columns:
             parts.append("columns " + ", ".join(f"{k}->{v}" for k, v in self._columns.items()))
@@ -99,7 +99,10 @@ class ManifestSource:
         return f"manifest {display_url(self.url)} ({'; '.join(parts)})"
 
     def files(self) -> list[str]:
-        """The files ``chunks`` would read, as shown in ``RecordChunk.source``; raises ``ConfigError`` if none."""
+        """The files ``chunks`` would read, named as in ``RecordChunk.source``.
+
+        Raises ``ConfigError`` when nothing matches or the manifest is missing.
+        """
         return [source for _, source in self._resolve()[1]]
 
     def chunks(self, chunk_rows: int = 10_000) -> Iterator[RecordChunk]:
@@ -126,6 +129,9 @@ class ManifestSource:
             raise ConfigError(
                 f"invalid storage options for manifest {shown} (given: {names})"
             ) from exc
+        # fsspec shares filesystem instances (and their listing caches) across a process: a
+        # long-lived worker would otherwise see last run's manifest.
+        fs.invalidate_cache()
         try:
             if has_magic(path) and not _is_http(fs):
                 found = fs.glob(path, detail=True)
