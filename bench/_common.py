@@ -100,6 +100,11 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that finally-blocks stop our subprocesses and remove temp dirs."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @contextmanager
 def simulator(tmp: Path) -> Iterator[str]:
     """The Kontent.ai simulator as a subprocess with its default limits; yields its root URL

@@ -34,8 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    API_KEY, ENV_ID, MiB, assetferry_cmd, child_env, descendants, fmt_mb, local_client,
-    parse_summary, proc_cmdline, proc_mem, sim_reset, sim_stats, simulator, start, stop, write_job,
+    API_KEY, ENV_ID, MiB, assetferry_cmd, child_env, descendants, exit_on_sigterm, fmt_mb,
+    local_client, parse_summary, proc_cmdline, proc_mem, sim_reset, sim_stats, simulator, start, stop, write_job,
 )
 
 INTERVAL = 0.02
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mb", type=int, default=90, help="file size in MiB (default 90)")
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     tmp = Path(tempfile.mkdtemp(prefix="assetferry-bench-mem-"))
     figures: dict[str, Any] = {"file_bytes": args.mb * MiB}

@@ -103,7 +103,7 @@ def test_sliding_window_never_exceeds_any_window() -> None:
     limiter = SlidingWindowLimiter([Window(10, 1.0), Window(40, 60.0)], margin=0.0, clock=clock, sleep=clock.sleep)
     sent = []
     for _ in range(100):
-        limiter.acquire()
+        limiter.release(limiter.acquire())
         sent.append(clock.now)
     for i, t in enumerate(sent):
         in_second = sum(1 for u in sent[i:] if u < t + 1.0)
@@ -116,10 +116,23 @@ def test_sliding_window_never_exceeds_any_window() -> None:
 def test_penalise_holds_every_caller() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter([Window(100, 1.0)], clock=clock, sleep=clock.sleep)
-    limiter.acquire()
+    limiter.release(limiter.acquire())
     limiter.penalise(5.0)
     limiter.acquire()
     assert clock.now >= 5.0
+
+
+def test_a_slow_request_counts_until_its_response_arrives() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([Window(2, 1.0)], margin=0.0, clock=clock, sleep=clock.sleep)
+    first = limiter.acquire()
+    limiter.release(limiter.acquire())  # t=0: two sent, the first still in flight
+    clock.now = 3.0
+    limiter.release(first)  # its response arrives at t=3: the vendor may have counted it then
+    limiter.acquire()  # the second has left the window: free
+    assert clock.now == 3.0
+    limiter.acquire()
+    assert clock.now >= 4.0  # the window runs from the response, not from the send
 
 
 def test_limiter_is_thread_safe() -> None:
@@ -130,7 +143,7 @@ def test_limiter_is_thread_safe() -> None:
     def work() -> None:
         nonlocal count
         for _ in range(200):
-            limiter.acquire()
+            limiter.release(limiter.acquire())
             with lock:
                 count += 1
 
@@ -140,7 +153,7 @@ def test_limiter_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert count == 800
-    assert len(limiter._sent) <= 1000
+    assert len(limiter._slots) <= 1000
 
 
 def test_ledger_last_line_wins_torn_tail_ignored_and_compaction(tmp_path: Path) -> None:

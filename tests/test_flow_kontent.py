@@ -184,3 +184,22 @@ def test_default_limiter_300_assets_see_no_429(kontent: str, tmp_path: Path) -> 
     s = kit.stats(kontent)
     assert s["throttled"] == 0
     assert s["accepted"] == 600
+
+
+def test_credentials_from_a_prefect_secret_block(kontent: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value=kit.KEY).save("kontent-e2e-key", overwrite=True)
+    monkeypatch.delenv("KONTENT_API_KEY")
+    kit.set_limits(kontent, 200, 12000)
+    rows = kit.make_rows(tmp_path / "files", 2)
+    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state",
+                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    job["destination"]["credentials"] = {"api_key": "secret:kontent-e2e-key"}
+    assert run(job)["loaded"] == 2
+    job["destination"]["credentials"] = {"api_key": "secret:no-such-block"}
+    from connectors.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no-such-block"):
+        run(job)

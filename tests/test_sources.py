@@ -424,3 +424,18 @@ def test_s3_single_file_and_missing_key(s3_endpoint: str, s3_bucket: str) -> Non
     with pytest.raises(ConfigError, match=f"^manifest not found: {missing}$"):
         _collect(ManifestSource(missing, options=_s3_options(s3_endpoint)))
     assert os.environ.get("AWS_ACCESS_KEY_ID") == "testing"
+
+
+def test_s3_manifest_replaced_between_runs_is_read_fresh(s3_endpoint: str, s3_bucket: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **_s3_options(s3_endpoint))
+    url = f"s3://{s3_bucket}/replaced/*.csv"
+    fs.pipe_file(f"{s3_bucket}/replaced/m.csv", b"id,file\nold,old.jpg\n")
+    first = _joined(_collect(ManifestSource(url, options=_s3_options(s3_endpoint))))
+
+    fs.pipe_file(f"{s3_bucket}/replaced/m.csv", b"id,file\nnew1,new1.jpg\nnew2,new2.jpg\n")
+    second = _joined(_collect(ManifestSource(url, options=_s3_options(s3_endpoint))))
+
+    assert first["id"].tolist() == ["old"]
+    assert second["id"].tolist() == ["new1", "new2"]

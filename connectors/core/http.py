@@ -116,9 +116,10 @@ class VendorHTTP:
         backoff = policy.backoff
         last: str = ""
         for attempt in range(1, policy.attempts + 1):
-            self.limiter.acquire()
-            body = content() if content is not None else None
+            slot = self.limiter.acquire()
+            body = None
             try:
+                body = content() if content is not None else None
                 self.requests_sent += 1
                 response = self.client.request(method, url, json=json, content=body, headers=headers)
             except httpx.TransportError as exc:
@@ -147,6 +148,7 @@ class VendorHTTP:
                     backoff *= 2
                 wait = min(wait, policy.max_wait)
             finally:
+                self.limiter.release(slot)
                 if body is not None and hasattr(body, "close"):
                     body.close()
             if attempt < policy.attempts:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -21,21 +22,35 @@ class Window:
 class Limiter(Protocol):
     """The seam: a local limiter now; a Prefect global-concurrency-limit lease later."""
 
-    def acquire(self) -> None:
-        """Block until one request may be sent."""
+    def acquire(self) -> Any:
+        """Block until one request may be sent; returns a token for ``release``."""
+
+    def release(self, token: Any) -> None:
+        """The request's response (or error) is back."""
 
     def penalise(self, seconds: float) -> None:
         """The vendor throttled us anyway: hold every caller for ``seconds``."""
+
+
+class Slot:
+    """One request's place in the window: in flight (``inf``) until released, then the time its
+    response arrived, the latest moment the vendor can have counted it."""
+
+    __slots__ = ("t",)
+
+    def __init__(self) -> None:
+        self.t = math.inf
 
 
 class SlidingWindowLimiter:
     """Thread-safe sliding-window log over zero or more windows (zero: only 429 pauses apply).
 
     A sliding log of N per W never exceeds what a fixed window, a sliding window or a token
-    bucket of the same N and W allow, so it is safe whatever algorithm the vendor uses. Each
-    window is widened by ``margin`` seconds to absorb network jitter between our clock and the
-    vendor's (a request sent 1.00 s after another may arrive 0.98 s after it). Memory: one
-    timestamp per request in the largest window.
+    bucket of the same N and W allow, so it is safe whatever algorithm the vendor uses. A request
+    counts from the moment it is sent until ``W`` after its response came back: the vendor saw it
+    somewhere in between, so no network or CPU jitter can make two of ours look closer together
+    to the vendor than to us. Each window is also widened by ``margin`` seconds for clock skew.
+    Memory: one slot per request in the largest window.
     """
 
     def __init__(
@@ -48,34 +63,40 @@ class SlidingWindowLimiter:
     ) -> None:
         self._windows = [Window(w.limit, w.seconds + margin) for w in windows]
         self._horizon = max((w.seconds for w in self._windows), default=0.0)
-        self._sent: deque[float] = deque()
+        self._slots: list[Slot] = []
         self._paused_until = 0.0
         self._lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
 
     def _wait_needed(self, now: float) -> float:
-        while self._sent and self._sent[0] <= now - self._horizon:
-            self._sent.popleft()
+        self._slots = [s for s in self._slots if s.t > now - self._horizon]
         wait = self._paused_until - now
-        n = len(self._sent)
+        times = sorted(s.t for s in self._slots)
+        n = len(times)
         for w in self._windows:
             if n >= w.limit:
                 # the request that must leave the window before we may send
-                oldest = self._sent[n - w.limit]
-                wait = max(wait, oldest + w.seconds - now)
+                oldest = times[n - w.limit]
+                wait = max(wait, 0.01 if oldest == math.inf else oldest + w.seconds - now)
         return wait
 
-    def acquire(self) -> None:
-        """Block until a request may be sent, then count it as sent."""
+    def acquire(self) -> Slot:
+        """Block until a request may be sent; the caller must ``release`` the slot when the
+        response (or the error) is back."""
         while True:
             with self._lock:
                 now = self._clock()
                 wait = self._wait_needed(now)
                 if wait <= 0:
-                    self._sent.append(now)
-                    return
+                    slot = Slot()
+                    self._slots.append(slot)
+                    return slot
             self._sleep(wait)
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            slot.t = self._clock()
 
     def penalise(self, seconds: float) -> None:
         """The vendor said 429 anyway: hold every caller sharing this limiter for ``seconds``."""
