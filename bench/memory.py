@@ -99,21 +99,32 @@ class UploadWatch(threading.Thread):
 
 def measure(proc: subprocess.Popen, timeout: float, with_children: bool = False) -> dict[str, Any]:
     """Sample proc (and its descendants) until it exits or timeout; kill it on timeout."""
-    samples: list[tuple[float, int]] = []
-    hwm = 0
+    samples: list[tuple[float, int, int]] = []  # (time, VmRSS, VmHWM)
     kids: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
-    i = 0
     timed_out = False
+    try:
+        _sample_loop(proc, samples, kids, deadline, with_children)
+    except TimeoutError:
+        timed_out = True
+    finally:  # also on SIGTERM/Ctrl-C: stop the process group we started
+        stop(proc, grace=10 if timed_out else 5)
+    hwm = max((h for _, _, h in samples), default=0)
+    return {"samples": [(t, r) for t, r, _ in samples], "hwm": hwm,
+            "peak_sampled": max((r for _, r, _ in samples), default=0),
+            "children": kids, "timed_out": timed_out, "returncode": proc.returncode}
+
+
+def _sample_loop(proc: subprocess.Popen, samples: list[tuple[float, int, int]], kids: dict[int, dict[str, Any]],
+                 deadline: float, with_children: bool) -> None:
+    i = 0
     while proc.poll() is None:
         now = time.monotonic()
         if now > deadline:
-            timed_out = True
-            break
+            raise TimeoutError
         m = proc_mem(proc.pid)
         if m:
-            samples.append((now, m[0]))
-            hwm = max(hwm, m[1])
+            samples.append((now, m[0], m[1]))
         if with_children:
             if i % 5 == 0:  # scanning /proc is dearer: every 100 ms
                 for pid in descendants(proc.pid):
@@ -125,12 +136,6 @@ def measure(proc: subprocess.Popen, timeout: float, with_children: bool = False)
                     info["hwm"] = max(info["hwm"], km[1])
         i += 1
         time.sleep(INTERVAL)
-    if timed_out:
-        stop(proc)
-    else:
-        stop(proc, grace=5)  # the leader has exited; stops any straggler of its group
-    return {"samples": samples, "hwm": hwm, "peak_sampled": max((r for _, r in samples), default=0),
-            "children": kids, "timed_out": timed_out, "returncode": proc.returncode}
 
 
 def rss_at(samples: list[tuple[float, int]], t: float | None) -> int | None:

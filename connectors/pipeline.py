@@ -84,25 +84,24 @@ class Pipeline:
             yield ready, rejects
 
     def batches(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-        """(batch of ``job.batch_size`` rows or fewer, rejects found since the previous batch)."""
+        """(batch of ``job.batch_size`` rows or fewer, rejects found since the previous batch).
+
+        One concat per source chunk (the carried remainder plus the chunk), then slices."""
         size = self.job.batch_size
-        pending: list[pd.DataFrame] = []
-        held = 0
+        carry: pd.DataFrame | None = None
         rejects: list[pd.DataFrame] = []
         for ready, chunk_rejects in self.prepared():
             if len(chunk_rejects):
                 rejects.append(chunk_rejects)
-            pending.append(ready)
-            held += len(ready)
-            while held >= size:
-                frame = pd.concat(pending, ignore_index=True)
-                batch, rest = frame.iloc[:size], frame.iloc[size:]
-                pending, held = [rest], len(rest)
-                yield batch.reset_index(drop=True), _concat(rejects)
+            frame = ready if carry is None or carry.empty else pd.concat([carry, ready], ignore_index=True)
+            full = len(frame) - len(frame) % size
+            for start in range(0, full, size):
+                yield frame.iloc[start:start + size].reset_index(drop=True), _concat(rejects)
                 rejects = []
-        if held or rejects:
-            frame = pd.concat(pending, ignore_index=True) if pending else pd.DataFrame()
-            yield frame.reset_index(drop=True), _concat(rejects)
+            carry = frame.iloc[full:]
+        if (carry is not None and len(carry)) or rejects:
+            rest = carry if carry is not None else pd.DataFrame()
+            yield rest.reset_index(drop=True), _concat(rejects)
 
     def count_rows(self) -> int:
         """Rows in the source (one extra streaming pass), for progress totals."""

@@ -79,12 +79,14 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     shown = 0
     sink = out.open("w", encoding="utf-8") if out else None
     try:
-        for batch, found in pipeline.batches():
-            for rec in found.to_dict("records"):
-                rejects.append(rec)
-            if not len(batch):
+        # Whole source chunks, not load batches: the plan is per row, and per-call pandas
+        # overhead on 50-row frames would dominate.
+        for ready, found in pipeline.prepared():
+            if len(found):
+                rejects += found.to_dict("records")
+            if not len(ready):
                 continue
-            for item in connector.plan(batch, priors):
+            for item in connector.plan(ready, priors):
                 counts[item["action"]] += 1
                 if item["action"] == "reject":
                     rejects.append({k: item.get(k) for k in ("source", "row", "id", "field", "reason")})

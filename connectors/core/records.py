@@ -213,7 +213,9 @@ def rejects_frame(
         source = _column(frame, "_source")
     if row is None:
         row = _column(frame, "_row")
-    payload = frame.drop(columns=[c for c in META_COLUMNS if c in frame.columns])
+    # ``_``-prefixed columns are our own working columns (``_source``, ``_row``, a vendor's
+    # derived values), not the user's record.
+    payload = frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")])
     ids = _as_text(frame["id"]) if "id" in frame.columns else _missing_text(index)
     rejects = pd.DataFrame(
         {
