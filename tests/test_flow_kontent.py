@@ -203,3 +203,36 @@ def test_credentials_from_a_prefect_secret_block(kontent: str, tmp_path: Path,
 
     with pytest.raises(ConfigError, match="no-such-block"):
         run(job)
+
+
+def test_a_batch_that_keeps_failing_is_retried_by_prefect_and_then_loads(kontent: str, tmp_path: Path) -> None:
+    """Tier 2 of the retry policy: the HTTP layer gives up (5 attempts per request, 3 rows in a
+    row), the batch task raises TransientError, Prefect retries the batch, and it loads."""
+    import httpx
+
+    kit.set_limits(kontent, 200, 12000)
+    httpx.post(f"{kontent}/_sandbox/faults",
+               json={"status": 503, "count": 15, "retry_after": 0, "route": "upload"}).raise_for_status()
+    rows = kit.make_rows(tmp_path / "files", 4)
+    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state", retries=1,
+                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    summary = run(job)
+    assert (summary["loaded"], summary["failed"]) == (4, 0)
+    s = kit.stats(kontent)
+    assert s["by_route"]["upload"] == 15 + 4  # 3 rows x 5 attempts, then one upload per row
+    assert s["assets"] == 4
+
+
+def test_a_4xx_is_not_retried_and_rejects_only_that_row(kontent: str, tmp_path: Path) -> None:
+    import httpx
+
+    kit.set_limits(kontent, 200, 12000)
+    httpx.post(f"{kontent}/_sandbox/faults", json={"status": 400, "count": 1, "route": "upsert"}).raise_for_status()
+    rows = kit.make_rows(tmp_path / "files", 3)
+    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state",
+                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    summary = run(job)
+    assert (summary["loaded"], summary["rejected"], summary["exit_code"]) == (2, 1, 1)
+    assert kit.stats(kontent)["by_route"]["upsert"] == 3  # the refused one was not resent
+    rejects = (tmp_path / "state" / "e2e" / f"kontent-{kit.ENV}" / "rejects.csv").read_text()
+    assert "Kontent 400" in rejects and rows[0]["id"] in rejects
