@@ -22,6 +22,18 @@ def s3_options(endpoint: str) -> dict:
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 
 
+FAST = {"requests_per_second": 100, "requests_per_minute": 6000}
+
+
+def fast_job(root: str, tmp_path: Path, n: int, **overrides: object) -> tuple[list[dict], dict]:
+    """n rows on disk and a job whose limits (both sides) are raised so tests run quickly."""
+    kit.set_limits(root, 200, 12000)
+    rows = kit.make_rows(tmp_path / "files", n)
+    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), root, tmp_path / "state",
+                       settings=dict(FAST, **overrides.pop("settings", {})), **overrides)
+    return rows, job
+
+
 def run(job_data: dict) -> dict:
     from flows.sync import sync_assets
 
@@ -44,7 +56,7 @@ def test_200_records_local_and_s3_then_rerun_and_title_change(kontent: str, s3_e
     fs.put_file(str(manifest), "assets-e2e/manifests/manifest.csv")
     job = kit.job_dict("s3://assets-e2e/manifests/*.csv", kontent, tmp_path / "state",
                        source={"options": s3_options(s3_endpoint)}, batch_size=25, concurrency=3,
-                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+                       settings=FAST)
 
     first = run(job)
     assert (first["loaded"], first["rejected"], first["failed"], first["exit_code"]) == (200, 0, 0, 0)
@@ -76,11 +88,7 @@ def test_200_records_local_and_s3_then_rerun_and_title_change(kontent: str, s3_e
 
 
 def test_changed_file_is_uploaded_again_and_replaces_the_asset_file(kontent: str, tmp_path: Path) -> None:
-    kit.set_limits(kontent, 200, 12000)
-    rows = kit.make_rows(tmp_path / "files", 3)
-    manifest = kit.write_csv(tmp_path / "m.csv", rows)
-    job = kit.job_dict(str(manifest), kontent, tmp_path / "state",
-                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    rows, job = fast_job(kontent, tmp_path, 3)
     assert run(job)["loaded"] == 3
     Path(rows[1]["file"]).write_bytes(b"new content, longer than before" * 7)
     again = run(job)
@@ -113,7 +121,7 @@ def test_bad_rows_are_rejected_with_reasons_and_the_rest_loads(kontent: str, tmp
     manifest = kit.write_csv(tmp_path / "m.csv", rows)
     job = kit.write_job(tmp_path / "job.yaml", kit.job_dict(
         str(manifest), kontent, tmp_path / "state",
-        settings={"languages": ["default", "en-US"], "requests_per_second": 100, "requests_per_minute": 6000}))
+        settings={"languages": ["default", "en-US"], **FAST}))
 
     result = CliRunner().invoke(app, ["run", str(job)])
     assert result.exit_code == 1, result.output
@@ -156,11 +164,8 @@ def test_transient_5xx_is_retried_and_auth_failure_stops_with_exit_2(kontent: st
 
     from flows.cli import app
 
-    kit.set_limits(kontent, 200, 12000)
     httpx.post(f"{kontent}/_sandbox/faults", json={"status": 503, "count": 2, "route": "upsert"}).raise_for_status()
-    rows = kit.make_rows(tmp_path / "files", 3)
-    data = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state",
-                        settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    rows, data = fast_job(kontent, tmp_path, 3)
     summary = run(data)
     assert (summary["loaded"], summary["failed"]) == (3, 0)
     assert kit.stats(kontent)["assets"] == 3
@@ -192,10 +197,7 @@ def test_credentials_from_a_prefect_secret_block(kontent: str, tmp_path: Path,
 
     Secret(value=kit.KEY).save("kontent-e2e-key", overwrite=True)
     monkeypatch.delenv("KONTENT_API_KEY")
-    kit.set_limits(kontent, 200, 12000)
-    rows = kit.make_rows(tmp_path / "files", 2)
-    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state",
-                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    rows, job = fast_job(kontent, tmp_path, 2)
     job["destination"]["credentials"] = {"api_key": "secret:kontent-e2e-key"}
     assert run(job)["loaded"] == 2
     job["destination"]["credentials"] = {"api_key": "secret:no-such-block"}
@@ -210,12 +212,9 @@ def test_a_batch_that_keeps_failing_is_retried_by_prefect_and_then_loads(kontent
     row), the batch task raises TransientError, Prefect retries the batch, and it loads."""
     import httpx
 
-    kit.set_limits(kontent, 200, 12000)
     httpx.post(f"{kontent}/_sandbox/faults",
                json={"status": 503, "count": 15, "retry_after": 0, "route": "upload"}).raise_for_status()
-    rows = kit.make_rows(tmp_path / "files", 4)
-    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state", retries=1,
-                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    rows, job = fast_job(kontent, tmp_path, 4, retries=1)
     summary = run(job)
     assert (summary["loaded"], summary["failed"]) == (4, 0)
     s = kit.stats(kontent)
@@ -226,11 +225,8 @@ def test_a_batch_that_keeps_failing_is_retried_by_prefect_and_then_loads(kontent
 def test_a_4xx_is_not_retried_and_rejects_only_that_row(kontent: str, tmp_path: Path) -> None:
     import httpx
 
-    kit.set_limits(kontent, 200, 12000)
     httpx.post(f"{kontent}/_sandbox/faults", json={"status": 400, "count": 1, "route": "upsert"}).raise_for_status()
-    rows = kit.make_rows(tmp_path / "files", 3)
-    job = kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state",
-                       settings={"requests_per_second": 100, "requests_per_minute": 6000})
+    rows, job = fast_job(kontent, tmp_path, 3)
     summary = run(job)
     assert (summary["loaded"], summary["rejected"], summary["exit_code"]) == (2, 1, 1)
     assert kit.stats(kontent)["by_route"]["upsert"] == 3  # the refused one was not resent

@@ -58,3 +58,33 @@ def test_error_bodies_are_parsed_into_one_readable_line() -> None:
     text = parse_error(httpx.Response(400, json=body))
     assert text == "Kontent 400 (error_code 5): Invalid body.; Language 'xx' not found. (request_id r-1)"
     assert parse_error(httpx.Response(502, text="<html>bad gateway</html>")).startswith("Kontent 502:")
+
+
+def test_resume_after_upload_reuses_the_file_reference(kontent: str, tmp_path: Path) -> None:
+    """A run killed between the upload and the upsert left an ``uploaded`` ledger line: the
+    resumed run sends only the upsert, with the remembered file reference."""
+    import pandas as pd
+
+    from connectors.core.ledger import Ledger
+    from connectors.core.records import DuplicateTracker, canonicalize
+    from connectors.sources.base import RecordChunk
+
+    kit.set_limits(kontent, 1000, 100_000)
+    rows = kit.make_rows(tmp_path / "files", 1)
+    c = connector(kontent)
+    good, _ = canonicalize(RecordChunk(pd.DataFrame(rows), str(tmp_path / "m.csv"), 1), DuplicateTracker())
+    ready, _ = c.prepare(good)
+    ledger = Ledger(str(tmp_path / "state"))
+    info = c.files.stat(ready["file"][0])
+    with c._http() as http, ledger.writer("run-1", 0) as journal:
+        c._upload(http, ready.to_dict("records")[0], info, journal, "run-1")  # ... then SIGKILL
+    uploads_before = kit.stats(kontent)["uploads"]
+    priors = ledger.load()
+    assert priors[rows[0]["id"]].status == "uploaded"
+
+    with ledger.writer("run-2", 0) as journal:
+        outcomes = c.load(ready, priors, journal, "run-2")
+    assert [o.status for o in outcomes] == ["loaded"] and outcomes[0].bytes_sent == 0
+    assert kit.stats(kontent)["uploads"] == uploads_before  # no second upload
+    asset = c.lookup([rows[0]["id"]])[rows[0]["id"]]
+    assert asset["file_reference"]["id"] == priors[rows[0]["id"]].file_ref

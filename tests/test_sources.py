@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -344,36 +341,7 @@ def test_describe_and_errors_never_show_option_values(tmp_path: Path) -> None:
 # --- S3 through moto's server mode, over real HTTP ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        server.start()
-        try:
-            s3fs.S3FileSystem.clear_instance_cache()
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            server.stop()
+# ``s3_endpoint`` (moto's ThreadedMotoServer on a free loopback port) comes from conftest.py.
 
 
 def _s3_options(endpoint: str) -> dict[str, object]:
