@@ -142,6 +142,9 @@ def run(
         console.print_json(json.dumps(summary, default=str))
     else:
         console.print(_summary_table(summary))
+        if summary.get("stopped"):
+            console.print(f"stopped early: {summary['stopped']}; {summary['pending']} rows pending "
+                          "(the next run continues)")
         if summary.get("rejects_file"):
             console.print(f"rejected/failed rows: {summary['rejects_file']}")
     raise typer.Exit(summary["exit_code"])

@@ -46,6 +46,7 @@ class RunSummary:
     state: str = ""
     rejects_file: str | None = None
     error: str | None = None
+    stopped: str | None = None  # why the run stopped early (vendor down); the rest is pending
     batches: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -135,6 +136,11 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
         except Exception as exc:  # noqa: BLE001 - the batch failed after its retries
             done = {e.id for e in ledger.batch_entries(run_id, number).values() if e.status == "loaded"}
             reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TransientError) and not summary.stopped:
+                # Retried by the HTTP layer and by Prefect and still failing: the vendor is down.
+                # Stop sending; what was not attempted stays pending for the next run.
+                summary.stopped = f"{vendor} looks unavailable after retries ({exc})"
+                logger.error("stopping early: %s", summary.stopped)
             outcomes = [Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason)
                         for i in batch["id"]]
         for o in outcomes:
@@ -163,6 +169,8 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
                     hook(summary)
             while len(inflight) >= job.concurrency:
                 collect(*inflight.popleft())
+            if summary.stopped:
+                break
         while inflight:
             collect(*inflight.popleft())
     except (AuthError, ConfigError) as exc:
@@ -172,6 +180,8 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
             fut.wait()
     finally:
         rejects.close()
+    if summary.stopped:
+        counts["pending"] = max(0, summary.total - summary.done)
     _update(summary, counts, pipeline, started)
     summary.rejects_file = rejects.url if rejects.count else None
     ledger.compact()

@@ -232,3 +232,20 @@ def test_a_4xx_is_not_retried_and_rejects_only_that_row(kontent: str, tmp_path: 
     assert kit.stats(kontent)["by_route"]["upsert"] == 3  # the refused one was not resent
     rejects = (tmp_path / "state" / "e2e" / f"kontent-{kit.ENV}" / "rejects.csv").read_text()
     assert "Kontent 400" in rejects and rows[0]["id"] in rejects
+
+
+def test_a_vendor_that_stays_down_stops_the_run_and_leaves_the_rest_pending(kontent: str, tmp_path: Path) -> None:
+    import httpx
+
+    httpx.post(f"{kontent}/_sandbox/faults",
+               json={"status": 503, "count": 1000, "retry_after": 0, "route": "upload"}).raise_for_status()
+    rows, job = fast_job(kontent, tmp_path, 9, batch_size=3, concurrency=1, retries=0)
+    summary = run(job)
+    assert (summary["loaded"], summary["failed"], summary["pending"], summary["exit_code"]) == (0, 3, 6, 1)
+    assert "looks unavailable" in summary["stopped"]
+    assert kit.stats(kontent)["by_route"]["upload"] == 3 * 5  # one batch tried, then the run stopped
+
+    httpx.post(f"{kontent}/_sandbox/reset").raise_for_status()  # the vendor is back
+    kit.set_limits(kontent, 200, 12000)
+    again = run(job)
+    assert (again["loaded"], again["pending"], again["exit_code"]) == (9, 0, 0)
