@@ -26,10 +26,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -162,10 +167,92 @@ def mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def measure_product(root: str, size: int, job: Path, env: dict[str, str], tmp: Path,
+                    label: str) -> dict[str, Any]:
+    """``assetferry run`` on the one-row job: peak RSS, RSS across the upload, children."""
+    sim_reset(root)
+    watch = UploadWatch(root, size)
+    watch.start()
+    out_path, err_path = tmp / f"{label}.out", tmp / f"{label}.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.monotonic()
+        prod = measure(start([*assetferry_cmd(), "run", str(job), "--output", "json"], env=env,
+                             stdout=out, stderr=err), 300, with_children=True)
+        wall = time.monotonic() - t0
+    time.sleep(0.2)
+    watch.stop_event.set()
+    watch.join(5)
+    summary = parse_summary(out_path.read_text(encoding="utf-8", errors="replace"))
+    if summary is None or prod["returncode"] != 0:
+        tail = err_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        print(f"!! assetferry run exited {prod['returncode']}; stderr tail:\n{tail}", flush=True)
+    return {
+        "hwm": max(prod["hwm"], prod["peak_sampled"]),
+        "rss_before_upload": rss_at(prod["samples"], watch.last_idle),
+        "max_rss_during_upload": max_between(prod["samples"], watch.last_idle, watch.done),
+        "wall_seconds": wall, "returncode": prod["returncode"],
+        "timed_out": prod["timed_out"], "summary": summary,
+        "sim_bytes_uploaded": watch.final.get("bytes_uploaded"),
+        "sim_uploads": watch.final.get("uploads"), "sim_throttled": watch.final.get("throttled"),
+        "children": [{"pid": pid, "cmd": c["cmd"][:120], "hwm": max(c["hwm"], c["peak_rss"])}
+                     for pid, c in prod["children"].items()],
+    }
+
+
+@contextmanager
+def prefect_server(tmp: Path, env: dict[str, str]) -> Iterator[str]:
+    """``prefect server start`` on a free loopback port; yields its API URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 env=dict(env, PREFECT_UI_ENABLED="false"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        with local_client(5) as client:
+            while True:
+                try:
+                    if client.get(f"{api}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("prefect server did not start")
+                time.sleep(0.5)
+        yield api
+    finally:
+        stop(proc)
+
+
+def report_product(p: dict[str, Any], size: int, title: str) -> None:
+    print(title)
+    if p["summary"]:
+        s = p["summary"]
+        print(f"   summary: loaded={s['loaded']} failed={s['failed']} rejected={s['rejected']} "
+              f"bytes_sent={s['bytes_sent']} load seconds={s['seconds']:.1f}; exit {p['returncode']}; "
+              f"wall {p['wall_seconds']:.1f}s")
+    print(f"   simulator received        {p['sim_bytes_uploaded']} bytes in {p['sim_uploads']} upload(s)"
+          f" ({'== file size' if p['sim_bytes_uploaded'] == size else '!= file size'}), "
+          f"throttled {p['sim_throttled']}")
+    print(f"   peak RSS (VmHWM)          {fmt_mb(p['hwm'])}")
+    print(f"   growth vs floor           {fmt_mb(p['growth_vs_floor'])}   "
+          "(peak minus run 1's import floor: an upper bound on upload growth, since it also")
+    print("                             counts Prefect's run-time state: flow engine, API client, logs)")
+    print(f"   RSS when upload began     {fmt_mb(p['rss_before_upload'])}   max during upload "
+          f"{fmt_mb(p['max_rss_during_upload'])}   (bracketed by polling the simulator every 50 ms)")
+    if p["rss_before_upload"] and p["max_rss_during_upload"]:
+        print(f"   growth during upload      {fmt_mb(p['max_rss_during_upload'] - p['rss_before_upload'])}")
+    for c in p["children"]:
+        print(f"   child pid {c['pid']} peak RSS {fmt_mb(c['hwm'])}  ({c['cmd']})")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=90, help="file size in MiB (default 90)")
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--no-server", dest="server", action="store_false",
+                        help="skip the run against a real `prefect server` (2b)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
@@ -193,35 +280,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             floor_last = floor_run["samples"][-1][1] if floor_run["samples"] else None
             figures["floor"] = {"hwm": floor, "last_rss": floor_last, "returncode": floor_run["returncode"]}
 
-            # 2. the product
-            sim_reset(root)
-            watch = UploadWatch(root, size)
-            watch.start()
-            out_path, err_path = tmp / "run.out", tmp / "run.err"
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                t0 = time.monotonic()
-                prod = measure(start([*assetferry_cmd(), "run", str(job), "--output", "json"], env=env,
-                                     stdout=out, stderr=err), 300, with_children=True)
-                wall = time.monotonic() - t0
-            time.sleep(0.2)
-            watch.stop_event.set()
-            watch.join(5)
-            summary = parse_summary(out_path.read_text(encoding="utf-8", errors="replace"))
-            p_peak = max(prod["hwm"], prod["peak_sampled"])
-            p_before = rss_at(prod["samples"], watch.last_idle)
-            p_during = max_between(prod["samples"], watch.last_idle, watch.done)
-            figures["product"] = {
-                "hwm": p_peak, "rss_before_upload": p_before, "max_rss_during_upload": p_during,
-                "growth_vs_floor": p_peak - floor, "wall_seconds": wall, "returncode": prod["returncode"],
-                "timed_out": prod["timed_out"], "summary": summary,
-                "sim_bytes_uploaded": watch.final.get("bytes_uploaded"),
-                "sim_uploads": watch.final.get("uploads"), "sim_throttled": watch.final.get("throttled"),
-                "children": [{"pid": pid, "cmd": c["cmd"][:120], "hwm": max(c["hwm"], c["peak_rss"])}
-                             for pid, c in prod["children"].items()],
-            }
-            if summary is None or prod["returncode"] != 0:
-                tail = err_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-                print(f"!! assetferry run exited {prod['returncode']}; stderr tail:\n{tail}", flush=True)
+            # 2. the product, ephemeral Prefect (a CLI user with no server)
+            figures["product"] = measure_product(root, size, job, env, tmp, "run")
+            # 2b. the product against a real Prefect server (deployments, scheduled runs)
+            if args.server:
+                # its own job name, hence its own ledger: the file must be uploaded again
+                job2 = write_job(tmp, name="bench-memory-server", manifest=manifest, root=root)
+                with prefect_server(tmp, env) as api:
+                    figures["product_server"] = measure_product(
+                        root, size, job2, dict(env, PREFECT_API_URL=api), tmp, "run-server")
+                    figures["product_server"]["growth_vs_floor"] = figures["product_server"]["hwm"] - floor
+            figures["product"]["growth_vs_floor"] = figures["product"]["hwm"] - floor
 
             # 3. bare httpx upload
             sim_reset(root)
@@ -255,27 +324,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"== peak RSS while uploading a {args.mb} MiB file ({size} bytes) ==")
         print("1. floor (import prefect, pandas, flows.sync; sleep 1)")
         print(f"   RSS after imports        {fmt_mb(fl['last_rss'])}   peak (VmHWM) {fmt_mb(fl['hwm'])}")
-        print("2. product: assetferry run job.yaml --output json")
-        if p["summary"]:
-            s = p["summary"]
-            print(f"   summary: loaded={s['loaded']} failed={s['failed']} rejected={s['rejected']} "
-                  f"bytes_sent={s['bytes_sent']} load seconds={s['seconds']:.1f}; exit {p['returncode']}; "
-                  f"wall {p['wall_seconds']:.1f}s")
-        print(f"   simulator received        {p['sim_bytes_uploaded']} bytes in {p['sim_uploads']} upload(s)"
-              f" ({'== file size' if p['sim_bytes_uploaded'] == size else '!= file size'}), "
-              f"throttled {p['sim_throttled']}")
-        print(f"   peak RSS (VmHWM)          {fmt_mb(p['hwm'])}")
-        print(f"   growth vs floor           {fmt_mb(p['growth_vs_floor'])}   "
-              "(peak minus run 1's import floor: an upper bound on upload growth, since it also")
-        print("                             counts Prefect's run-time state: flow engine, API client, logs)")
-        print(f"   RSS when upload began     {fmt_mb(p['rss_before_upload'])}   max during upload "
-              f"{fmt_mb(p['max_rss_during_upload'])}   (bracketed by polling the simulator every 50 ms)")
-        if p["rss_before_upload"] and p["max_rss_during_upload"]:
-            print(f"   growth during upload      {fmt_mb(p['max_rss_during_upload'] - p['rss_before_upload'])}")
-        for c in p["children"]:
-            print(f"   child pid {c['pid']} peak RSS {fmt_mb(c['hwm'])}  ({c['cmd']})")
+        report_product(p, size, "2. product: assetferry run job.yaml --output json (ephemeral Prefect)")
         if not p["children"]:
             print("   (no child process seen: Prefect's ephemeral server ran in-process or was not sampled)")
+        if "product_server" in figures:
+            report_product(figures["product_server"], size,
+                           "2b. product against a real Prefect server (PREFECT_API_URL set; deployments)")
         print("3. bare httpx upload (own python process)")
         print(f"   status {b['status']}; simulator received {b['sim_bytes_uploaded']} bytes "
               f"({'== file size' if b['sim_bytes_uploaded'] == size else '!= file size'})")
@@ -283,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"   growth {fmt_mb(b['growth'])}")
         print()
         print(f"goal: peak < 150 MB for the whole process       {fmt_mb(p['hwm'])}  {mark(p['hwm'] < GOAL_PEAK)}")
+        if "product_server" in figures:
+            ps = figures["product_server"]
+            print(f"goal, with a Prefect server (deployments)       {fmt_mb(ps['hwm'])}  {mark(ps['hwm'] < GOAL_PEAK)}")
         print(f"roadmap: growth <= 64 MB (peak - import floor)   {fmt_mb(p['growth_vs_floor'])}  "
               f"{mark(p['growth_vs_floor'] <= ROADMAP_GROWTH)}")
         if p["rss_before_upload"] and p["max_rss_during_upload"]:
