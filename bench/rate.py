@@ -63,7 +63,7 @@ class Sampler(threading.Thread):
                 next_at += POLL
                 self.stop_event.wait(max(0.0, next_at - time.monotonic()))
 
-    def begin(self) -> "Sampler":
+    def begin(self) -> Sampler:
         """Start polling and return once the first (pre-load) sample is in."""
         self.start()
         deadline = time.monotonic() + 10

@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.core.errors import AuthError, ConfigError, TransientError
 from connectors.core.job import JobSpec
-from connectors.core.ledger import new_run_id
+from connectors.core.ledger import Ledger, LedgerEntry, RejectsWriter, new_run_id
 from connectors.core.records import rejects_frame
 from connectors.pipeline import Pipeline, make_connector
 from connectors.vendors.base import Outcome
@@ -93,6 +93,84 @@ def _failed_rejects(batch: pd.DataFrame, outcomes: list[Outcome]) -> pd.DataFram
     )
 
 
+class _Batches:
+    """Keeps at most ``job.concurrency`` load tasks in flight and folds each batch's outcomes into
+    the summary, the rejects file, the progress artifact and the progress hooks."""
+
+    def __init__(self, job: JobSpec, pipeline: Pipeline, ledger: Ledger, rejects: RejectsWriter,
+                 summary: RunSummary, started: float) -> None:
+        self.job, self.pipeline, self.ledger, self.rejects = job, pipeline, ledger, rejects
+        self.summary, self.started = summary, started
+        self.counts: Counter[str] = Counter()
+        self.inflight: deque[tuple[int, pd.DataFrame, PrefectFuture]] = deque()
+        self.logger = get_run_logger()
+        self.task = load_batch.with_options(retries=job.retries, retry_delay_seconds=job.retry_delay_seconds)
+        self.progress_id = create_progress_artifact(
+            progress=0.0, key=_key(job.name, summary.vendor, "progress"), description=f"{job.name} -> {summary.vendor}")
+
+    def submit(self, number: int, batch: pd.DataFrame, priors: dict[str, LedgerEntry]) -> None:
+        name = f"{self.job.name}-{self.summary.vendor}-batch-{number}"
+        batch_priors = {i: priors[i] for i in batch["id"] if i in priors}
+        fut = self.task.with_options(task_run_name=name).submit(
+            self.job, batch, batch_priors, self.summary.run_id, number)
+        self.inflight.append((number, batch, fut))
+        while len(self.inflight) >= self.job.concurrency:
+            self.collect()
+
+    def reject(self, rows: pd.DataFrame) -> None:
+        self.rejects.write(rows)
+        self.counts["rejected"] += len(rows)
+
+    def collect(self) -> None:
+        """Wait for the oldest batch. Raises AuthError/ConfigError (stop the run)."""
+        number, batch, fut = self.inflight.popleft()
+        try:
+            outcomes: list[Outcome] = fut.result()
+        except (AuthError, ConfigError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the batch failed after its retries
+            outcomes = self._failed_batch(number, batch, exc)
+        for o in outcomes:
+            self.counts[o.status] += 1
+            self.summary.bytes_sent += o.bytes_sent
+        self.rejects.write(_failed_rejects(batch, outcomes))
+        self.summary.batches += 1
+        self.report()
+
+    def _failed_batch(self, number: int, batch: pd.DataFrame, exc: Exception) -> list[Outcome]:
+        done = {e.id for e in self.ledger.batch_entries(self.summary.run_id, number).values()
+                if e.status == "loaded"}
+        reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TransientError) and not self.summary.stopped:
+            # Retried by the HTTP layer and by Prefect and still failing: the vendor is down.
+            # Stop sending; what was not attempted stays pending for the next run.
+            self.summary.stopped = f"{self.summary.vendor} looks unavailable after retries ({exc})"
+            self.logger.error("stopping early: %s", self.summary.stopped)
+        return [Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason) for i in batch["id"]]
+
+    def drain(self) -> None:
+        while self.inflight:
+            self.collect()
+
+    def abandon(self) -> None:
+        """After a fatal error: let the in-flight batches finish, without counting them."""
+        for _, _, fut in self.inflight:
+            fut.wait()
+        self.inflight.clear()
+
+    def report(self, final: bool = False) -> None:
+        s = self.summary
+        if final and s.stopped:
+            self.counts["pending"] = max(0, s.total - s.done)
+        for status in ("loaded", "unchanged", "rejected", "failed", "pending"):
+            setattr(s, status, self.counts[status])
+        s.outside_window = self.pipeline.counts.outside_window
+        s.seconds = time.monotonic() - self.started
+        update_progress_artifact(self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1))
+        for hook in PROGRESS_HOOKS:
+            hook(s)
+
+
 @flow(
     name="sync-assets",
     flow_run_name="{job.name}-to-{job.destination.vendor}",
@@ -106,13 +184,13 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
 
     Re-runs skip unchanged records (ledger); a killed run resumes without duplicates; rejected
     and failed rows go to ``<state>/<job>/<vendor>-<dest>/rejects.csv``. Returns the summary
-    (``exit_code`` 0/1/2). Concurrency: at most ``job.concurrency`` batches in flight.
+    (``exit_code`` 0/1/2). Concurrency: at most ``job.concurrency`` batches in flight; a vendor
+    still down after every retry stops the run, leaving the rest pending for the next one.
     """
     logger = get_run_logger()
     started = time.monotonic()
-    run_id = new_run_id()
     vendor = job.destination.vendor
-    summary = RunSummary(job=job.name, vendor=vendor, run_id=run_id)
+    summary = RunSummary(job=job.name, vendor=vendor, run_id=new_run_id())
     connector = make_connector(job)  # resolves credentials: fails fast on a missing one
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
     ledger = pipeline.ledger()
@@ -121,82 +199,33 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     summary.total = pipeline.count_rows() if limit is None else limit
     logger.info("%s: %d rows to consider, %d already in the ledger at %s",
                 job.name, summary.total, len(priors), ledger.url)
+
     rejects = pipeline.rejects_writer()
-    progress_id = create_progress_artifact(progress=0.0, key=_key(job.name, vendor, "progress"),
-                                           description=f"{job.name} -> {vendor}")
-
-    inflight: deque[tuple[int, pd.DataFrame, PrefectFuture]] = deque()
-    counts: Counter[str] = Counter()
-
-    def collect(number: int, batch: pd.DataFrame, fut: PrefectFuture) -> None:
-        try:
-            outcomes: list[Outcome] = fut.result()
-        except (AuthError, ConfigError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the batch failed after its retries
-            done = {e.id for e in ledger.batch_entries(run_id, number).values() if e.status == "loaded"}
-            reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, TransientError) and not summary.stopped:
-                # Retried by the HTTP layer and by Prefect and still failing: the vendor is down.
-                # Stop sending; what was not attempted stays pending for the next run.
-                summary.stopped = f"{vendor} looks unavailable after retries ({exc})"
-                logger.error("stopping early: %s", summary.stopped)
-            outcomes = [Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason)
-                        for i in batch["id"]]
-        for o in outcomes:
-            counts[o.status] += 1
-            summary.bytes_sent += o.bytes_sent
-        rejects.write(_failed_rejects(batch, outcomes))
-        summary.batches += 1
-        _update(summary, counts, pipeline, started)
-        update_progress_artifact(progress_id, progress=100.0 * summary.done / max(summary.total, 1))
-        for hook in PROGRESS_HOOKS:
-            hook(summary)
-
-    load = load_batch.with_options(retries=job.retries, retry_delay_seconds=job.retry_delay_seconds)
+    batches = _Batches(job, pipeline, ledger, rejects, summary, started)
     try:
         for number, (batch, found_rejects) in enumerate(pipeline.batches()):
-            rejects.write(found_rejects)
-            counts["rejected"] += len(found_rejects)
+            batches.reject(found_rejects)
             if len(batch):
-                batch_priors = {i: priors[i] for i in batch["id"] if i in priors}
-                fut = load.with_options(task_run_name=f"{job.name}-{vendor}-batch-{number}").submit(
-                    job, batch, batch_priors, run_id, number)
-                inflight.append((number, batch, fut))
+                batches.submit(number, batch, priors)
             else:
-                _update(summary, counts, pipeline, started)
-                for hook in PROGRESS_HOOKS:
-                    hook(summary)
-            while len(inflight) >= job.concurrency:
-                collect(*inflight.popleft())
+                batches.report()
             if summary.stopped:
                 break
-        while inflight:
-            collect(*inflight.popleft())
+        batches.drain()
     except (AuthError, ConfigError) as exc:
         summary.error = str(exc)
         logger.error("stopped: %s", exc)
-        for _, _, fut in inflight:
-            fut.wait()
+        batches.abandon()
     finally:
         rejects.close()
-    if summary.stopped:
-        counts["pending"] = max(0, summary.total - summary.done)
-    _update(summary, counts, pipeline, started)
+    batches.report(final=True)
     summary.rejects_file = rejects.url if rejects.count else None
     ledger.compact()
     create_table_artifact(table=summary.table(), key=_key(job.name, vendor, "summary"),
-                          description=f"{job.name} -> {vendor}: run {run_id}")
-    update_progress_artifact(progress_id, progress=100.0)
-    logger.info("%s -> %s: %d loaded, %d unchanged, %d rejected, %d failed in %.1fs", job.name, vendor,
-                summary.loaded, summary.unchanged, summary.rejected, summary.failed, summary.seconds)
+                          description=f"{job.name} -> {vendor}: run {summary.run_id}")
+    logger.info("%s -> %s: %d loaded, %d unchanged, %d rejected, %d failed, %d pending in %.1fs", job.name,
+                vendor, summary.loaded, summary.unchanged, summary.rejected, summary.failed, summary.pending,
+                summary.seconds)
     if summary.error:
         raise ConfigError(summary.error)
     return summary.to_dict()
-
-
-def _update(summary: RunSummary, counts: Counter[str], pipeline: Pipeline, started: float) -> None:
-    for status in ("loaded", "unchanged", "rejected", "failed", "pending"):
-        setattr(summary, status, counts[status])
-    summary.outside_window = pipeline.counts.outside_window
-    summary.seconds = time.monotonic() - started

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from connectors.vendors.base import ConnectorFactory
 
 #: vendor name -> "module:Class". A vendor listed in the job schema but not here is not built yet.
 REGISTRY: dict[str, str] = {
@@ -13,7 +16,7 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def vendor_class(name: str) -> Any:
+def vendor_class(name: str) -> ConnectorFactory:
     """The connector class for ``name``; ConfigError when the vendor is unknown or not built yet."""
     target = REGISTRY.get(name)
     if target is None:
@@ -21,4 +24,5 @@ def vendor_class(name: str) -> Any:
             f"vendor {name!r} is not available in this version (available: {', '.join(sorted(REGISTRY))})"
         )
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    factory: Any = getattr(importlib.import_module(module), cls)
+    return factory
