@@ -137,3 +137,49 @@ def test_demo_runs_from_the_readme_and_leaks_no_secret(tmp_path: Path) -> None:
     for path in (tmp_path / "prefect-home").rglob("*"):
         if path.is_file():
             assert kit.KEY.encode() not in path.read_bytes(), path
+
+
+def test_window_and_limit_select_rows_in_a_dry_run(kontent: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    rows = kit.make_rows(tmp_path / "files", 6)
+    for i, r in enumerate(rows):
+        r["updated_at"] = f"2026-0{i + 1}-15T12:00:00Z"  # Jan .. Jun
+    job = kit.write_job(tmp_path / "job.yaml", kit.job_dict(
+        str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state"))
+    plan = tmp_path / "plan.jsonl"
+    result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--plan", str(plan),
+                                      "--since", "2026-02-01", "--until", "2026-05-01"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["id"] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[1:4]]
+    result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--plan", str(plan), "--limit", "2"])
+    assert [json.loads(x)["id"] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[:2]]
+    result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--since", "last tuesday"])
+    assert result.exit_code == 2 and "invalid since" in result.output
+
+
+def test_sandbox_command_serves_the_simulator(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(assetferry("sandbox", "kontent", "--port", str(port)), env=cli_env(tmp_path),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v2/projects/{kit.ENV}/assets",
+                              headers={"Authorization": f"Bearer {kit.KEY}"}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["assets"] == []
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/projects/{kit.ENV}/assets").status_code == 401
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
