@@ -199,3 +199,14 @@ def test_rejects_writer_appends_and_clears_previous_file(tmp_path: Path) -> None
     w.close()
     back = pd.read_csv(path)
     assert back["id"].tolist() == ["a", "b"] and back["reason"][0] == "bad, really"
+
+
+def test_min_interval_spaces_sends_evenly() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter([Window(10, 1.0)], min_interval=0.1, margin=0.0, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(5):
+        limiter.release(limiter.acquire())
+        sent.append(clock.now)
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert all(g >= 0.1 - 1e-9 for g in gaps) and sent[-1] < 0.41

@@ -49,6 +49,8 @@ class SlidingWindowLimiter:
     counts from the moment it is sent until ``W`` after its response came back: the vendor saw it
     somewhere in between, so no network or CPU jitter can make two of ours look closer together
     to the vendor than to us. Each window is also widened by ``margin`` seconds for clock skew.
+    ``min_interval`` also spaces sends evenly (e.g. 0.1 s for 10/s), so a vendor that enforces its
+    per-second limit as a token bucket with a small burst sees no burst either.
     Memory: one slot per request in the largest window.
     """
 
@@ -56,6 +58,7 @@ class SlidingWindowLimiter:
         self,
         windows: Sequence[Window],
         *,
+        min_interval: float = 0.0,
         margin: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -64,13 +67,15 @@ class SlidingWindowLimiter:
         self._horizon = max((w.seconds for w in self._windows), default=0.0)
         self._slots: list[Slot] = []
         self._paused_until = 0.0
+        self._min_interval = min_interval
+        self._last_send = -math.inf
         self._lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
 
     def _wait_needed(self, now: float) -> float:
         self._slots = [s for s in self._slots if s.t > now - self._horizon]
-        wait = self._paused_until - now
+        wait = max(self._paused_until, self._last_send + self._min_interval) - now
         times = sorted(s.t for s in self._slots)
         n = len(times)
         for w in self._windows:
@@ -88,6 +93,7 @@ class SlidingWindowLimiter:
                 now = self._clock()
                 wait = self._wait_needed(now)
                 if wait <= 0:
+                    self._last_send = now
                     slot = Slot()
                     self._slots.append(slot)
                     return slot
@@ -107,12 +113,12 @@ _SHARED: dict[str, SlidingWindowLimiter] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_limiter(key: str, windows: Sequence[Window]) -> SlidingWindowLimiter:
+def shared_limiter(key: str, windows: Sequence[Window], *, min_interval: float = 0.0) -> SlidingWindowLimiter:
     """One limiter per vendor budget (e.g. per Kontent environment) per process, shared by every
     batch running in that process's threads."""
-    full_key = f"{key}|" + ",".join(f"{w.limit}/{w.seconds}" for w in windows)
+    full_key = f"{key}|{min_interval}|" + ",".join(f"{w.limit}/{w.seconds}" for w in windows)
     with _SHARED_LOCK:
         limiter = _SHARED.get(full_key)
         if limiter is None:
-            limiter = _SHARED[full_key] = SlidingWindowLimiter(windows)
+            limiter = _SHARED[full_key] = SlidingWindowLimiter(windows, min_interval=min_interval)
         return limiter

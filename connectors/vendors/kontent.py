@@ -9,7 +9,8 @@ Contract (vendor-docs/kontent-management-api-assets.txt and vendor-notes.md sect
   updates. Idempotent, so a resumed run can resend safely; the record ``id`` is the external id.
 - Errors: ``{"request_id", "error_code", "message", "validation_errors": [{"message"}]}``.
 - Limits: 10 requests/s and 400 requests/min per environment (shared by all keys) -> 429 with
-  ``Retry-After``. The client-side limiter is sized from these, so a healthy run sees no 429.
+  ``Retry-After``. The client-side limiter is sized from these, so a healthy run sees no 429;
+  requests are also spaced 1/10 s apart, in case the vendor counts seconds as a token bucket.
 - Listing: ``GET /projects/{env}/assets`` pages with the ``x-continuation`` header.
 
 Choices where the docs are silent (change them here):
@@ -162,6 +163,7 @@ class KontentConnector:
         limiter = shared_limiter(
             f"kontent:{s.environment_id}",
             [Window(s.requests_per_second, 1.0), Window(s.requests_per_minute, 60.0)],
+            min_interval=1.0 / s.requests_per_second,  # even spacing: no burst within a second
         )
         return VendorHTTP(
             self.base_url,
