@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from pydantic import SecretStr
 
-from connectors.core.credentials import resolve_credentials
+from connectors.core.credentials import resolve_credentials, resolve_options
 from connectors.core.job import JobSpec
 from connectors.core.ledger import Ledger, RejectsWriter
 from connectors.core.records import REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window
@@ -24,9 +24,13 @@ def make_connector(job: JobSpec, credentials: dict[str, SecretStr] | None = None
     cls = vendor_class(job.destination.vendor)
     if credentials is None:
         credentials = resolve_credentials(job.destination.credentials)
-    file_options = job.source.options
     return cls(url=job.destination.url, settings=job.destination.settings, credentials=credentials,
-               file_options=file_options)
+               file_options=resolve_options(job.source.options))
+
+
+def state_options(job: JobSpec) -> dict[str, Any] | None:
+    """Storage options for the state folder: the source's, when the state is remote too."""
+    return resolve_options(job.source.options) if "://" in job.state else None
 
 
 def state_url(job: JobSpec, connector: Connector) -> str:
@@ -61,7 +65,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.window = parse_window(self.since, self.until)
         src = self.job.source
-        self.source = ManifestSource(src.url, format=src.format, options=src.options, columns=src.columns)
+        self.source = ManifestSource(src.url, format=src.format, options=resolve_options(src.options),
+                                     columns=src.columns)
 
     def prepared(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(ready rows, rejected rows) per source chunk, after the window and the limit."""
@@ -108,11 +113,11 @@ class Pipeline:
         return sum(len(c.frame) for c in self.source.chunks(self.chunk_rows))
 
     def ledger(self) -> Ledger:
-        return Ledger(state_url(self.job, self.connector), self.job.source.options if "://" in self.job.state else None)
+        return Ledger(state_url(self.job, self.connector), state_options(self.job))
 
     def rejects_writer(self, name: str = "rejects.csv") -> RejectsWriter:
-        opts: dict[str, Any] | None = self.job.source.options if "://" in self.job.state else None
-        return RejectsWriter(f"{state_url(self.job, self.connector)}/{name}", REJECT_COLUMNS, opts)
+        return RejectsWriter(f"{state_url(self.job, self.connector)}/{name}", REJECT_COLUMNS,
+                             state_options(self.job))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

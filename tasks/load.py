@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 from connectors.core.errors import TransientError
 from connectors.core.ledger import Ledger, LedgerEntry
 from connectors.core.job import JobSpec
-from connectors.pipeline import make_connector, state_url
+from connectors.pipeline import make_connector, state_options, state_url
 from connectors.vendors.base import Outcome
 
 
@@ -35,7 +35,7 @@ def load_batch(job: JobSpec, batch: pd.DataFrame, priors: dict[str, LedgerEntry]
     rows already loaded are not sent again."""
     logger = get_run_logger()
     connector = make_connector(job)
-    ledger = Ledger(state_url(job, connector), job.source.options if "://" in job.state else None)
+    ledger = Ledger(state_url(job, connector), state_options(job))
     known = dict(priors)
     known.update(ledger.batch_entries(run_id, number))
     with ledger.writer(run_id, number) as journal:

@@ -64,6 +64,29 @@ def test_literal_secret_in_job_file_is_refused_without_echoing_it(tmp_path: Path
     assert "sk-live-very-secret" not in str(info.value)
 
 
+def test_storage_option_secrets_must_be_references_and_resolve_at_the_edge(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.core.credentials import resolve_options
+
+    data = good_job()
+    data["source"]["options"] = {"key": "AKIA-literal", "secret": "s3cr3t-literal",
+                                 "client_kwargs": {"endpoint_url": "http://x", "token": "t0k"}}
+    with pytest.raises(ConfigError) as info:
+        load_job(write_job(tmp_path, data))
+    text = str(info.value)
+    assert "source.options: client_kwargs.token, key, secret must be a reference like env:NAME" in text
+    assert "s3cr3t-literal" not in text and "AKIA-literal" not in text
+    data["source"]["options"] = {"key": "env:MY_AK", "secret": "env:MY_SK", "anon": False}
+    job = load_job(write_job(tmp_path, data))
+    assert job.source.options["secret"] == "env:MY_SK"  # the job (a flow parameter) keeps references
+    monkeypatch.setenv("MY_AK", "ak")
+    monkeypatch.setenv("MY_SK", "sk")
+    assert resolve_options(job.source.options) == {"key": "ak", "secret": "sk", "anon": False}
+    monkeypatch.delenv("MY_SK")
+    with pytest.raises(ConfigError, match="source.options.secret"):
+        resolve_options(job.source.options)
+
+
 def test_unbuilt_vendor_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
     data = good_job()
     data["destination"]["vendor"] = "wordbee"

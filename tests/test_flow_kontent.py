@@ -17,8 +17,11 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 S3_OPTIONS_KEYS = ("key", "secret")
 
 
-def s3_options(endpoint: str) -> dict:
-    return {"key": "testing", "secret": "testing",
+def s3_options(endpoint: str, *, literal: bool = False) -> dict:
+    if literal:  # for s3fs in the test itself
+        return {"key": "testing", "secret": "testing",
+                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    return {"key": "env:AWS_ACCESS_KEY_ID", "secret": "env:AWS_SECRET_ACCESS_KEY",
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 
 
@@ -42,7 +45,7 @@ def run(job_data: dict) -> dict:
 
 def test_200_records_local_and_s3_then_rerun_and_title_change(kontent: str, s3_endpoint: str, tmp_path: Path) -> None:
     kit.set_limits(kontent, 200, 12000)
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(s3_endpoint))
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_options(s3_endpoint, literal=True))
     fs.call_s3("create_bucket", Bucket="assets-e2e")  # mkdir sends a LocationConstraint moto refuses
     local_rows = kit.make_rows(tmp_path / "local", 100, prefix="L")
     s3_rows = kit.make_rows(tmp_path / "to-s3", 100, prefix="S")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connectors.core.credentials import literal_secrets
 from connectors.core.errors import ConfigError
 
 VendorName = Literal["kontent", "esploro", "mediapocket", "actionhub", "wordbee"]
@@ -30,6 +31,16 @@ class SourceSpec(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="rename source columns to canonical names"
     )
+
+    @field_validator("options")
+    @classmethod
+    def _no_literal_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = literal_secrets(value)
+        if bad:
+            # Options are flow parameters (stored and shown by Prefect): keep secrets out of them.
+            raise ValueError(f"{', '.join(bad)} must be a reference like env:NAME or secret:BLOCK_NAME, "
+                             "not a literal value")
+        return value
 
 
 class DestinationSpec(BaseModel):
@@ -77,7 +88,8 @@ def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {prefix}{key}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {prefix}{key}: {msg}")
     return lines
 
 
