@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.core.credentials import literal_secrets
+from connectors.core.credentials import REFERENCE, literal_secrets
 from connectors.core.errors import ConfigError
 
 VendorName = Literal["kontent", "esploro", "mediapocket", "actionhub", "wordbee"]
-_CREDENTIAL_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_.\-/]*$")
 
 
 class SourceSpec(BaseModel):
@@ -58,7 +56,7 @@ class DestinationSpec(BaseModel):
     @field_validator("credentials")
     @classmethod
     def _references_only(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = sorted(k for k, v in value.items() if not _CREDENTIAL_REF.match(str(v)))
+        bad = sorted(k for k, v in value.items() if not REFERENCE.match(str(v)))
         if bad:
             # Never echo the value: it may be a pasted secret.
             raise ValueError(
