@@ -3,20 +3,26 @@ Prefect flow, ``validate`` and ``--dry-run`` (which must answer without starting
 
 from __future__ import annotations
 
+import pickle
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pydantic import SecretStr
 
 from connectors.core.credentials import resolve_credentials, resolve_options
+from connectors.core.files import resolve_paths
 from connectors.core.job import JobSpec
 from connectors.core.ledger import Ledger, RejectsWriter
 from connectors.core.records import REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window
 from connectors.sources.manifest import ManifestSource
 from connectors.vendors import vendor_class
 from connectors.vendors.base import Connector
+
+GROUP_BUCKETS = 16  # grouped vendors spill rows into this many buckets by group key
 
 
 def make_connector(job: JobSpec, credentials: dict[str, SecretStr] | None = None) -> Connector:
@@ -51,7 +57,10 @@ class Pipeline:
     """Streams a job's source as ready-to-load batches, collecting rejects on the way.
 
     Memory is bounded by one source chunk plus one batch, whatever the manifest size (the
-    duplicate tracker keeps one entry per distinct id).
+    duplicate tracker keeps one entry per distinct id). A vendor whose requests group rows by a
+    column (``UnitRule.kind == "group"``) gets whole groups in one batch even when a group's rows
+    are scattered over the manifest: rows are spilled to temporary files in buckets by group key
+    and each bucket is read back alone, so memory is bounded by one bucket (about 1/16 of the rows).
     """
 
     job: JobSpec
@@ -75,7 +84,10 @@ class Pipeline:
             if self.limit is not None and self.counts.ready >= self.limit:
                 return
             self.counts.read += len(chunk.frame)
-            good, rejects = canonicalize(chunk, tracker)
+            spec = self.connector.spec
+            good, rejects = canonicalize(chunk, tracker, spec.required_columns)
+            if spec.files and len(good):
+                good["file"] = resolve_paths(good["file"], good["_source"])
             if self.window != (None, None):
                 inside = in_window(good, *self.window)
                 self.counts.outside_window += int((~inside).sum())
@@ -91,7 +103,13 @@ class Pipeline:
     def batches(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(batch of ``job.batch_size`` rows or fewer, rejects found since the previous batch).
 
-        One concat per source chunk (the carried remainder plus the chunk), then slices."""
+        One concat per source chunk (the carried remainder plus the chunk), then slices. For a
+        grouping vendor, a batch holds whole groups (one group larger than the batch size is a
+        batch of its own): a group is never split across batches or tasks."""
+        rule = self.connector.spec.unit
+        if rule.kind == "group" and rule.column:
+            yield from self._grouped_batches(rule.column)
+            return
         size = self.job.batch_size
         carry: pd.DataFrame | None = None
         rejects: list[pd.DataFrame] = []
@@ -107,6 +125,52 @@ class Pipeline:
         if (carry is not None and len(carry)) or rejects:
             rest = carry if carry is not None else pd.DataFrame()
             yield rest.reset_index(drop=True), _concat(rejects)
+
+    def _grouped_batches(self, column: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        size = self.job.batch_size
+        with tempfile.TemporaryDirectory(prefix="assetferry-groups-") as tmp:
+            spill = [Path(tmp) / f"bucket-{k:02d}.pkl" for k in range(GROUP_BUCKETS)]
+            for ready, found in self.prepared():
+                if len(found):
+                    yield ready.iloc[0:0], found  # rejects are reported as they are found
+                if not len(ready):
+                    continue
+                keys = ready[column].astype("string").fillna("")
+                bucket = pd.util.hash_array(keys.to_numpy(dtype=object)) % GROUP_BUCKETS
+                for k, part in ready.groupby(bucket, sort=False):
+                    with spill[int(k)].open("ab") as f:
+                        pickle.dump(part, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for path in spill:
+                if not path.exists():
+                    continue
+                parts = []
+                with path.open("rb") as f:
+                    while True:
+                        try:
+                            parts.append(pickle.load(f))  # noqa: S301 - our own temporary file
+                        except EOFError:
+                            break
+                path.unlink()
+                frame = pd.concat(parts, ignore_index=True)
+                order = frame[column].astype("string").fillna("")
+                frame = frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+                keys = frame[column].astype("string").fillna("").to_numpy(dtype=object)
+                start = 0
+                n = len(frame)
+                while start < n:
+                    end = min(start + size, n)
+                    # extend to the end of the last group, or cut before it if it started earlier
+                    if end < n and keys[end] == keys[end - 1]:
+                        group_start = end - 1
+                        while group_start > start and keys[group_start - 1] == keys[end - 1]:
+                            group_start -= 1
+                        if group_start > start:
+                            end = group_start
+                        else:
+                            while end < n and keys[end] == keys[end - 1]:
+                                end += 1
+                    yield frame.iloc[start:end].reset_index(drop=True), _concat([])
+                    start = end
 
     def count_rows(self) -> int:
         """Rows in the source (one extra streaming pass), for progress totals."""

@@ -41,6 +41,9 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         table.add_column(col, justify="right")
     table.add_row(*(str(summary[k]) for k in ("loaded", "unchanged", "rejected", "failed", "pending")),
                   f"{summary['seconds']:.1f}s")
+    notes = (summary.get("extra") or {}).get("notes") or {}  # what the vendor's prepare changed
+    if notes:
+        table.caption = "; ".join(f"{n} rows: {what}" for what, n in notes.items())
     return table
 
 
@@ -68,43 +71,55 @@ def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None)
 
 def _preview(job: Any, since: str | None, until: str | None, limit: int | None, *,
              use_ledger: bool, out: Path | None, sample: int) -> int:
-    """validate / --dry-run: extract, transform and plan every request, sending nothing."""
+    """validate / --dry-run: extract, transform and plan every request, sending nothing. The
+    actions are the vendor's own (``upload+upsert``, ``create``, ``link``...), counted per row."""
+    from collections import Counter
+
+    from connectors.core.loader import Loader
     from connectors.pipeline import Pipeline, make_connector
 
     connector = make_connector(job, credentials={})
+    loader = Loader(connector)
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
     priors = pipeline.ledger().load() if use_ledger else {}
-    counts = {"upload": 0, "upsert": 0, "unchanged": 0, "reject": 0}
+    counts: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []
     shown = 0
     sink = out.open("w", encoding="utf-8") if out else None
+    # Whole source chunks, not load batches (per-call pandas overhead on 50-row frames would
+    # dominate), except for vendors whose requests group rows: their batches hold whole groups.
+    grouped = connector.spec.unit.kind == "group"
+    frames = pipeline.batches() if grouped else pipeline.prepared()
     try:
-        # Whole source chunks, not load batches: the plan is per row, and per-call pandas
-        # overhead on 50-row frames would dominate.
-        for ready, found in pipeline.prepared():
+        for ready, found in frames:
             if len(found):
                 rejects += found.to_dict("records")
             if not len(ready):
                 continue
-            for item in connector.plan(ready, priors):
-                counts[item["action"]] += 1
-                if item["action"] == "reject":
-                    rejects.append({k: item.get(k) for k in ("source", "row", "id", "field", "reason")})
+            wanted = priors.get_many(ready["id"].tolist()) if use_ledger else {}
+            for item in loader.plan(ready, wanted):
+                counts[item.action] += len(item.ids)
+                if item.action == "reject":
+                    source, row = item.where[0] if item.where else (None, None)
+                    rejects.append({"source": source, "row": row, "id": item.ids[0], "field": item.field,
+                                    "reason": item.reason})
+                data = item.to_dict()
                 if sink:
-                    sink.write(json.dumps(item, default=str) + "\n")
-                if item["action"] in ("upload", "upsert") and shown < sample:
-                    console.print_json(json.dumps(item, default=str))
+                    sink.write(json.dumps(data, default=str) + "\n")
+                if item.requests and shown < sample:
+                    console.print_json(json.dumps(data, default=str))
                     shown += 1
     finally:
         if sink:
             sink.close()
+    actions = sorted(a for a in counts if a not in ("reject", "unchanged"))
     table = Table(title=f"{job.name} -> {job.destination.vendor}: "
                         f"{'dry run (nothing sent)' if use_ledger else 'validation'}")
-    for col in ("rows read", "would upload+upsert", "would upsert only", "unchanged", "rejected",
-                "outside window"):
+    columns = ["rows read", *(f"would {a}" for a in actions), "unchanged", "rejected", "outside window"]
+    for col in columns:
         table.add_column(col, justify="right")
-    table.add_row(str(pipeline.counts.read), str(counts["upload"]), str(counts["upsert"]),
-                  str(counts["unchanged"]), str(len(rejects)), str(pipeline.counts.outside_window))
+    table.add_row(str(pipeline.counts.read), *(str(counts[a]) for a in actions), str(counts["unchanged"]),
+                  str(len(rejects)), str(pipeline.counts.outside_window))
     console.print(table)
     if rejects:
         rt = Table(title=f"rejected rows (first {min(20, len(rejects))} of {len(rejects)})")
@@ -170,29 +185,31 @@ def validate(
 
 
 @app.command()
-def demo() -> None:
-    """Start the Kontent.ai sandbox, load the bundled sample manifest through the real flow, print the summary."""
-    from sandbox import kontent
-    from sandbox.server import running
-
+def demo(
+    vendor: str = typer.Argument("kontent", help="kontent | esploro | mediapocket | actionhub | wordbee"),
+) -> None:
+    """Start a vendor's sandbox, load the bundled sample manifest through the real flow, print the summary."""
+    from contextlib import ExitStack
     from importlib.resources import files
 
+    from sandbox.server import SIMULATORS, running
+
+    if vendor not in SIMULATORS:
+        _fail(f"no sandbox for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})")
+    module = sys.modules[SIMULATORS[vendor].__module__]
     demo_dir = Path(str(files("sandbox") / "demo"))
-    state = Path(tempfile.mkdtemp(prefix="assetferry-demo-"))
-    os.environ["ASSETFERRY_DEMO_KEY"] = kontent.DEMO_API_KEY
-    with running(kontent.create_app()) as root:
+    with ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-demo-")))
+        root = stack.enter_context(running(SIMULATORS[vendor]()))
+        # The simulator module knows its demo: the job's source and destination (credentials as
+        # env: references to its sandbox-only keys), and the variables to set.
+        fields, env = module.demo_job(root, demo_dir, stack)
+        os.environ.update(env)
         from connectors.core.job import parse_job
 
-        job = parse_job({
-            "name": "demo",
-            "source": {"url": str(demo_dir / "manifest.csv")},
-            "destination": {"vendor": "kontent", "url": f"{root}/v2",
-                            "credentials": {"api_key": "env:ASSETFERRY_DEMO_KEY"},
-                            "settings": {"environment_id": kontent.DEMO_ENVIRONMENT_ID}},
-            "state": str(state),
-        }, where="demo")
-        console.print(f"sandbox Kontent.ai at {root}/v2; state in {state}")
         try:
+            job = parse_job({"name": f"demo-{vendor}", "state": str(state), **fields}, where="demo")
+            console.print(f"sandbox {vendor} at {root}; state in {state} (removed afterwards)")
             summary = _run_flow(job, None, None, None)
         except AssetferryError as exc:
             _fail(str(exc))
@@ -202,7 +219,7 @@ def demo() -> None:
 
 @app.command()
 def sandbox(
-    vendor: str = typer.Argument(..., help="kontent"),
+    vendor: str = typer.Argument(..., help="kontent | esploro | mediapocket | actionhub | wordbee"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8765),
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,17 +12,19 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.core.errors import AuthError, ConfigError, TransientError
 from connectors.core.job import JobSpec
-from connectors.core.ledger import Ledger, LedgerEntry, RejectsWriter, new_run_id
+from connectors.core.ledger import Ledger, LedgerIndex, RejectsWriter, new_run_id
+from connectors.core.loader import BatchResult
 from connectors.core.records import rejects_frame
 from connectors.pipeline import Pipeline, make_connector
-from connectors.vendors.base import Outcome
+from connectors.vendors.base import BaseConnector, Outcome
 from flows import secrets  # noqa: F401 - registers the secret: credential scheme
-from tasks.load import load_batch
+from tasks.load import finish_load, load_batch
 
 #: Called after every batch with the running summary; the CLI hangs its progress bar here.
 ProgressHook = Callable[["RunSummary"], None]
@@ -46,9 +48,12 @@ class RunSummary:
     state: str = ""
     rejects_file: str | None = None
     error: str | None = None
-    stopped: str | None = None  # why the run stopped early (vendor down); the rest is pending
+    stopped: str | None = None  # why the run stopped early (quota, vendor down); the rest is pending
+    resets_at: str | None = None  # when the vendor's quota resets, where it says
     batches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    requests: int = 0
+    finish: dict[str, Any] | None = None  # what the vendor's finish step reported
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. notes: {what prepare changed: rows}
 
     @property
     def done(self) -> int:
@@ -66,6 +71,7 @@ class RunSummary:
         rows = [("loaded", self.loaded), ("unchanged", self.unchanged), ("rejected", self.rejected),
                 ("failed", self.failed), ("pending", self.pending), ("outside window", self.outside_window),
                 ("bytes sent", self.bytes_sent), ("seconds", round(self.seconds, 1))]
+        rows += list((self.extra.get("notes") or {}).items())
         return [{"metric": k, "value": v} for k, v in rows]
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,26 +100,27 @@ def _failed_rejects(batch: pd.DataFrame, outcomes: list[Outcome]) -> pd.DataFram
 
 
 class _Batches:
-    """Keeps at most ``job.concurrency`` load tasks in flight and folds each batch's outcomes into
-    the summary, the rejects file, the progress artifact and the progress hooks."""
+    """Keeps at most ``job.concurrency`` load tasks in flight, collects them as they complete
+    (a slow batch never blocks the others), and folds each batch's result into the summary, the
+    rejects file, the progress artifact and the progress hooks."""
 
     def __init__(self, job: JobSpec, pipeline: Pipeline, ledger: Ledger, rejects: RejectsWriter,
                  summary: RunSummary, started: float) -> None:
         self.job, self.pipeline, self.ledger, self.rejects = job, pipeline, ledger, rejects
         self.summary, self.started = summary, started
         self.counts: Counter[str] = Counter()
-        self.inflight: deque[tuple[int, pd.DataFrame, PrefectFuture]] = deque()
+        self.inflight: dict[PrefectFuture, tuple[int, pd.DataFrame]] = {}
         self.logger = get_run_logger()
         self.task = load_batch.with_options(retries=job.retries, retry_delay_seconds=job.retry_delay_seconds)
         self.progress_id = create_progress_artifact(
             progress=0.0, key=_key(job.name, summary.vendor, "progress"), description=f"{job.name} -> {summary.vendor}")
 
-    def submit(self, number: int, batch: pd.DataFrame, priors: dict[str, LedgerEntry]) -> None:
+    def submit(self, number: int, batch: pd.DataFrame, priors: LedgerIndex) -> None:
         name = f"{self.job.name}-{self.summary.vendor}-batch-{number}"
-        batch_priors = {i: priors[i] for i in batch["id"] if i in priors}
+        batch_priors = priors.get_many(batch["id"].tolist())
         fut = self.task.with_options(task_run_name=name).submit(
             self.job, batch, batch_priors, self.summary.run_id, number)
-        self.inflight.append((number, batch, fut))
+        self.inflight[fut] = (number, batch)
         while len(self.inflight) >= self.job.concurrency:
             self.collect()
 
@@ -122,31 +129,40 @@ class _Batches:
         self.counts["rejected"] += len(rows)
 
     def collect(self) -> None:
-        """Wait for the oldest batch. Raises AuthError/ConfigError (stop the run)."""
-        number, batch, fut = self.inflight.popleft()
+        """Wait for whichever batch finishes first. Raises AuthError/ConfigError (stop the run)."""
+        fut = next(as_completed(list(self.inflight)))
+        number, batch = self.inflight.pop(fut)
         try:
-            outcomes: list[Outcome] = fut.result()
+            result: BatchResult = fut.result()
         except (AuthError, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - the batch failed after its retries
-            outcomes = self._failed_batch(number, batch, exc)
-        for o in outcomes:
-            self.counts[o.status] += 1
-            self.summary.bytes_sent += o.bytes_sent
-        self.rejects.write(_failed_rejects(batch, outcomes))
+            result = self._failed_batch(number, batch, exc)
+        if result.quota and not self.summary.stopped:
+            self.summary.stopped = f"quota: {result.quota}"
+            self.summary.resets_at = result.resets_at
+            self.logger.warning("stopping: %s; the rest stays pending%s", result.quota,
+                                f" (resets {result.resets_at})" if result.resets_at else "")
+        self.counts.update(result.counts)
+        self.summary.bytes_sent += result.bytes_sent
+        self.summary.requests += result.requests
+        self.rejects.write(_failed_rejects(batch, result.outcomes))
         self.summary.batches += 1
         self.report()
 
-    def _failed_batch(self, number: int, batch: pd.DataFrame, exc: Exception) -> list[Outcome]:
+    def _failed_batch(self, number: int, batch: pd.DataFrame, exc: Exception) -> BatchResult:
         done = {e.id for e in self.ledger.batch_entries(self.summary.run_id, number).values()
-                if e.status == "loaded"}
+                if e.status in self.pipeline.connector.spec.done_statuses}
         reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, TransientError) and not self.summary.stopped:
             # Retried by the HTTP layer and by Prefect and still failing: the vendor is down.
             # Stop sending; what was not attempted stays pending for the next run.
             self.summary.stopped = f"{self.summary.vendor} looks unavailable after retries ({exc})"
             self.logger.error("stopping early: %s", self.summary.stopped)
-        return [Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason) for i in batch["id"]]
+        result = BatchResult()
+        for i in batch["id"]:
+            result.add(Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason))
+        return result
 
     def drain(self) -> None:
         while self.inflight:
@@ -154,14 +170,15 @@ class _Batches:
 
     def abandon(self) -> None:
         """After a fatal error: let the in-flight batches finish, without counting them."""
-        for _, _, fut in self.inflight:
+        for fut in self.inflight:
             fut.wait()
         self.inflight.clear()
 
     def report(self, final: bool = False) -> None:
         s = self.summary
-        if final and s.stopped:
-            self.counts["pending"] = max(0, s.total - s.done)
+        if final and s.stopped:  # rows never sent are pending for the next run
+            seen = sum(self.counts[k] for k in ("loaded", "unchanged", "rejected", "failed", "pending"))
+            self.counts["pending"] += max(0, s.total - seen - self.pipeline.counts.outside_window)
         for status in ("loaded", "unchanged", "rejected", "failed", "pending"):
             setattr(s, status, self.counts[status])
         s.outside_window = self.pipeline.counts.outside_window
@@ -169,6 +186,20 @@ class _Batches:
         update_progress_artifact(self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1))
         for hook in PROGRESS_HOOKS:
             hook(s)
+
+
+def _final_state(summary: RunSummary) -> State:
+    """Completed for a clean run; a Completed named ``Partial`` (told apart in the UI) when rows
+    were rejected, failed or left pending; the summary is the result either way."""
+    data = summary.to_dict()
+    if summary.exit_code == 0:
+        return Completed(data=data, message=f"{summary.loaded} loaded, {summary.unchanged} unchanged")
+    parts = [f"{n} {k}" for k, n in (("rejected", summary.rejected), ("failed", summary.failed),
+                                     ("pending", summary.pending)) if n]
+    message = f"{summary.loaded} loaded; " + ", ".join(parts)
+    if summary.stopped:
+        message += f"; stopped: {summary.stopped}"
+    return Completed(data=data, message=message, name="Partial")
 
 
 @flow(
@@ -179,8 +210,8 @@ class _Batches:
     validate_parameters=True,
 )
 def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None,
-                limit: int | None = None) -> dict[str, Any]:
-    """Load every record of ``job.source`` into ``job.destination``.
+                limit: int | None = None) -> Any:
+    """Load every record of ``job.source`` into ``job.destination``; returns the summary dict.
 
     Re-runs skip unchanged records (ledger); a killed run resumes without duplicates; rejected
     and failed rows go to ``<state>/<job>/<vendor>-<dest>/rejects.csv``. Returns the summary
@@ -205,13 +236,24 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     try:
         for number, (batch, found_rejects) in enumerate(pipeline.batches()):
             batches.reject(found_rejects)
+            if summary.stopped:
+                break
             if len(batch):
                 batches.submit(number, batch, priors)
             else:
                 batches.report()
-            if summary.stopped:
-                break
         batches.drain()
+        has_finish = type(connector).finish is not BaseConnector.finish
+        if has_finish and (not summary.stopped or batches.counts["loaded"]):
+            try:
+                summary.finish = finish_load.with_options(
+                    task_run_name=f"{job.name}-{vendor}-finish", retries=job.retries,
+                    retry_delay_seconds=job.retry_delay_seconds)(job, summary.run_id)
+            except (AuthError, ConfigError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loads stand; the finish step is retried next run
+                summary.finish = {"error": str(exc)}
+                logger.error("the finish step failed: %s", exc)
     except (AuthError, ConfigError) as exc:
         summary.error = str(exc)
         logger.error("stopped: %s", exc)
@@ -219,8 +261,13 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     finally:
         rejects.close()
     batches.report(final=True)
+    notes = getattr(connector, "notes", None)  # rows the vendor's prepare changed (not rejected)
+    if notes:
+        summary.extra["notes"] = dict(notes)
+        for what, n in notes.items():
+            logger.warning("%d rows: %s", n, what)
     summary.rejects_file = rejects.url if rejects.count else None
-    ledger.compact()
+    ledger.compact([summary.run_id])
     create_table_artifact(table=summary.table(), key=_key(job.name, vendor, "summary"),
                           description=f"{job.name} -> {vendor}: run {summary.run_id}")
     logger.info("%s -> %s: %d loaded, %d unchanged, %d rejected, %d failed, %d pending in %.1fs", job.name,
@@ -228,4 +275,4 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
                 summary.seconds)
     if summary.error:
         raise ConfigError(summary.error)
-    return summary.to_dict()
+    return _final_state(summary)

@@ -250,8 +250,11 @@ class _Simulator:
         self.by_route[route] += 1
         env = self._authenticate(request, environment_id)
         self._throttle(env)
-        self._inject_fault(route)
+        self._inject_fault(route, "before")
         self.stats["accepted"] += 1
+        after = self._take_fault(route, "after")
+        if after is not None:
+            request.scope.setdefault("state", {})["after_fault"] = after
         return env
 
     def _authenticate(self, request: Request, environment_id: str) -> _Env:
@@ -296,17 +299,26 @@ class _Simulator:
             raise KontentError(429, ERR_RATE_LIMIT, RATE_LIMIT_MESSAGE, headers={"Retry-After": retry_after})
         hits.append(now)
 
-    def _inject_fault(self, route: str) -> None:
+    def _take_fault(self, route: str, when: str) -> dict[str, Any] | None:
         for fault in self.faults:
-            if fault["route"] in (None, route) and fault["count"] > 0:
+            if fault["route"] in (None, route) and fault["count"] > 0 and fault.get("when", "before") == when:
                 fault["count"] -= 1
                 self.faults = [f for f in self.faults if f["count"] > 0]
-                status, retry_after = fault["status"], fault["retry_after"]
-                headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-                if status == 429:
-                    self.stats["throttled"] += 1
-                    raise KontentError(429, ERR_RATE_LIMIT, RATE_LIMIT_MESSAGE, headers=headers)
-                raise KontentError(status, ERR_GENERIC, f"Injected sandbox fault (HTTP {status}).", headers=headers)
+                return fault
+        return None
+
+    def _inject_fault(self, route: str, when: str) -> None:
+        fault = self._take_fault(route, when)
+        if fault is not None:
+            raise self.fault_error(fault)
+
+    def fault_error(self, fault: dict[str, Any]) -> KontentError:
+        status, retry_after = fault["status"], fault["retry_after"]
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        if status == 429:
+            self.stats["throttled"] += 1
+            return KontentError(429, ERR_RATE_LIMIT, RATE_LIMIT_MESSAGE, headers=headers)
+        return KontentError(status, ERR_GENERIC, f"Injected sandbox fault (HTTP {status}).", headers=headers)
 
     # ---- assets -------------------------------------------------------------------------
 
@@ -499,6 +511,18 @@ async def _read_upload(request: Request, max_file_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """For ``assetferry demo kontent``: the job's source and destination against this simulator
+    at ``root`` (the bundled manifest of 36 images), and the environment variables it reads."""
+    job = {
+        "source": {"url": str(demo_dir / "manifest.csv")},
+        "destination": {"vendor": "kontent", "url": f"{root}{BASE_PATH}",
+                        "credentials": {"api_key": "env:ASSETFERRY_DEMO_KEY"},
+                        "settings": {"environment_id": DEMO_ENVIRONMENT_ID}},
+    }
+    return job, {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
+
+
 def create_app(
     *,
     environments: dict[str, EnvConfig] | None = None,
@@ -516,6 +540,16 @@ def create_app(
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.simulator = sim
     _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def lost_reply(request: Request, call_next: Callable[..., Any]) -> Response:
+        """A fault with ``when: "after"``: the vendor acted (stored), then the reply is lost."""
+        response = await call_next(request)
+        fault = request.scope.get("state", {}).get("after_fault")
+        if fault is not None and response.status_code < 400:
+            return sim.fault_error(fault).response()
+        return response
+
     _add_vendor_routes(app, sim, max_file_bytes, page_size)
     _add_control_routes(app, sim)
     return app
@@ -676,6 +710,21 @@ def _add_control_routes(app: FastAPI, sim: _Simulator) -> None:
     async def stats() -> Response:
         return JSONResponse(sim.snapshot())
 
+    @app.get("/_sandbox/records")
+    async def records() -> Response:
+        """Every stored asset: ids, title, descriptions and its file's name, size and md5."""
+        import hashlib
+
+        out = []
+        for env in sim.envs.values():
+            for asset in sorted(env.assets.values(), key=lambda a: a.seq):
+                f = env.files[asset.file_id]
+                out.append({"environment_id": env.id, "id": asset.id, "external_id": asset.external_id,
+                            "title": asset.title, "descriptions": asset.descriptions,
+                            "file_name": f.file_name, "size": len(f.data),
+                            "md5": hashlib.md5(f.data).hexdigest()})
+        return JSONResponse({"records": out})
+
     @app.post("/_sandbox/reset")
     async def reset() -> Response:
         sim.reset()
@@ -683,17 +732,23 @@ def _add_control_routes(app: FastAPI, sim: _Simulator) -> None:
 
     @app.post("/_sandbox/faults")
     async def faults(request: Request) -> Response:
-        """Body {"status": 4xx|5xx, "count": n>=1, "retry_after": int|null, "route": null|<route>}:
-        the next n matching admitted vendor requests answer that status (after auth)."""
+        """Body {"status": 4xx|5xx, "count": n>=1, "retry_after": int|null, "route": null|<route>,
+        "when": "before"|"after"}: the next n matching admitted vendor requests answer that status
+        (after auth). "before" (default): refused before anything is stored; "after": the request
+        is fully processed and stored, then the status is answered (the reply was lost)."""
         body = await _json_object(request)
         status, count = body.get("status"), body.get("count", 1)
         retry_after, route = body.get("retry_after"), body.get("route")
+        when = body.get("when", "before")
+        if when not in ("before", "after"):
+            raise _bad_request("'when' must be 'before' or 'after'.")
         if not (isinstance(status, int) and 400 <= status <= 599 and isinstance(count, int) and count >= 1):
             raise _bad_request("'status' must be an int 400-599 and 'count' an int >= 1.")
         retry_ok = retry_after is None or (isinstance(retry_after, int) and retry_after >= 0)
         if not retry_ok or route not in (None, *ROUTES):
             raise _bad_request(f"'retry_after' must be null or an int >= 0; 'route' null or one of {list(ROUTES)}.")
-        sim.faults.append({"status": status, "count": count, "retry_after": retry_after, "route": route})
+        sim.faults.append({"status": status, "count": count, "retry_after": retry_after, "route": route,
+                           "when": when})
         return JSONResponse({"faults": sim.faults})
 
     @app.post("/_sandbox/limits")

@@ -82,7 +82,8 @@ def test_dry_run_shows_requests_sends_nothing_and_needs_no_prefect(kontent: str,
     assert "no prefect" in out.stdout
     assert kit.stats(kontent)["requests"] == before  # nothing sent
     items = [json.loads(line) for line in plan.read_text().splitlines()]
-    assert [i["id"] for i in items] == [r["id"] for r in rows]
+    assert [i["ids"] for i in items] == [[r["id"]] for r in rows]
+    assert {i["action"] for i in items} == {"upload+upsert"}
     upload, upsert = items[0]["requests"]
     assert upload["method"] == "POST" and upload["url"].endswith(f"/v2/projects/{kit.ENV}/files/a-0000.txt")
     assert upload["headers"]["Content-Type"] == "text/plain"
@@ -153,9 +154,9 @@ def test_window_and_limit_select_rows_in_a_dry_run(kontent: str, tmp_path: Path)
     result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--plan", str(plan),
                                       "--since", "2026-02-01", "--until", "2026-05-01"])
     assert result.exit_code == 0, result.output
-    assert [json.loads(x)["id"] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[1:4]]
+    assert [json.loads(x)["ids"][0] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[1:4]]
     result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--plan", str(plan), "--limit", "2"])
-    assert [json.loads(x)["id"] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[:2]]
+    assert [json.loads(x)["ids"][0] for x in plan.read_text().splitlines()] == [r["id"] for r in rows[:2]]
     result = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--since", "last tuesday"])
     assert result.exit_code == 2 and "invalid since" in result.output
 

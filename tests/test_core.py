@@ -179,37 +179,6 @@ def test_limiter_is_thread_safe() -> None:
     assert len(limiter._slots) <= 1000
 
 
-def test_ledger_last_line_wins_torn_tail_ignored_and_compaction(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path / "state"))
-    with ledger.writer("run1", 0) as w:
-        w.record(entry("a", "uploaded", "run1", file_ref="f1"))
-        w.record(entry("a", "loaded", "run1", hash="h1", vendor_id="v1", file_ref="f1"))
-        w.record(entry("b", "intent", "run1"))
-    with ledger.writer("run2", 0) as w:
-        w.record(entry("b", "loaded", "run2", hash="h2", vendor_id="v2"))
-    # a killed writer leaves a torn line
-    journal = next((tmp_path / "state" / "journal").glob("run2-*.jsonl"))
-    with journal.open("a") as f:
-        f.write('{"id": "c", "status": "lo')
-    entries = ledger.load()
-    assert entries["a"].status == "loaded" and entries["a"].vendor_id == "v1"
-    assert entries["b"].status == "loaded" and entries["b"].run == "run2"
-    assert "c" not in entries
-    assert ledger.compact() == 2
-    assert not list((tmp_path / "state" / "journal").glob("*.jsonl"))
-    assert Ledger(str(tmp_path / "state")).load().keys() == {"a", "b"}
-    lines = (tmp_path / "state" / "snapshot.jsonl").read_text().splitlines()
-    assert {json.loads(line)["id"] for line in lines} == {"a", "b"}
-
-
-def test_batch_entries_returns_an_earlier_attempt(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path))
-    with ledger.writer("r", 3) as w:
-        w.record(entry("x", "loaded", "r", hash="h"))
-    assert ledger.batch_entries("r", 3)["x"].hash == "h"
-    assert ledger.batch_entries("r", 4) == {}
-
-
 def test_rejects_writer_appends_and_clears_previous_file(tmp_path: Path) -> None:
     import pandas as pd
 

@@ -37,7 +37,7 @@ def test_iter_assets_follows_x_continuation_over_every_page(kontent: str, tmp_pa
 def test_lookup_finds_existing_and_skips_missing(kontent: str, tmp_path: Path) -> None:
     kit.set_limits(kontent, 200, 12000)
     upload_and_create(kontent, 2, tmp_path)
-    found = connector(kontent).lookup(["ext-0", "ext-1", "never-loaded"])
+    found = connector(kontent).find(["ext-0", "ext-1", "never-loaded"])
     assert set(found) == {"ext-0", "ext-1"}
     assert found["ext-1"]["title"] == "t1"
 
@@ -65,7 +65,8 @@ def test_resume_after_upload_reuses_the_file_reference(kontent: str, tmp_path: P
     resumed run sends only the upsert, with the remembered file reference."""
     import pandas as pd
 
-    from connectors.core.ledger import Ledger
+    from connectors.core.ledger import Ledger, entry
+    from connectors.core.loader import Loader
     from connectors.core.records import DuplicateTracker, canonicalize
     from connectors.sources.base import RecordChunk
 
@@ -75,16 +76,18 @@ def test_resume_after_upload_reuses_the_file_reference(kontent: str, tmp_path: P
     good, _ = canonicalize(RecordChunk(pd.DataFrame(rows), str(tmp_path / "m.csv"), 1), DuplicateTracker())
     ready, _ = c.prepare(good)
     ledger = Ledger(str(tmp_path / "state"))
-    info = c.files.stat(ready["file"][0])
-    with c._http() as http, ledger.writer("run-1", 0) as journal:
-        c._upload(http, ready.to_dict("records")[0], info, journal, "run-1")  # ... then SIGKILL
+    todo, _ = Loader(c).rows(ready, {})
+    with c.session() as http, ledger.writer("run-1", 0) as journal:
+        def checkpoint(row, status, fields):  # what the loader journals for a connector's step
+            journal.record(entry(row.id, status, "run-1", file_hash=row.file_hash, **fields))
+        c._upload(http, todo[0], checkpoint)  # ... then SIGKILL before the upsert
     uploads_before = kit.stats(kontent)["uploads"]
     priors = ledger.load()
     assert priors[rows[0]["id"]].status == "uploaded"
 
     with ledger.writer("run-2", 0) as journal:
-        outcomes = c.load(ready, priors, journal, "run-2")
-    assert [o.status for o in outcomes] == ["loaded"] and outcomes[0].bytes_sent == 0
+        result = Loader(c).load(ready, priors.get_many([rows[0]["id"]]), journal, "run-2")
+    assert result.counts == {"loaded": 1} and result.bytes_sent == 0
     assert kit.stats(kontent)["uploads"] == uploads_before  # no second upload
-    asset = c.lookup([rows[0]["id"]])[rows[0]["id"]]
+    asset = c.find([rows[0]["id"]])[rows[0]["id"]]
     assert asset["file_reference"]["id"] == priors[rows[0]["id"]].file_ref

@@ -6,20 +6,157 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+import json as jsonlib
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import httpx
 
-from connectors.core.errors import AuthError, RejectedError, TransientError
+from connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
 from connectors.core.ratelimit import Limiter, SlidingWindowLimiter
 
 log = logging.getLogger("assetferry.http")
 
-#: status -> what the caller does next: retry (transient), stop (auth), else reject the request.
+#: The default table, status -> what the caller does next: retry (transient), stop (auth), else
+#: reject the request. A connector's ``classify`` reads the body first and overrides it.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
+MAX_BODY = 64 * 1024  # error bodies kept for classification (redacted), at most this many characters
+
+
+class Action(str, Enum):
+    """What to do with a vendor answer."""
+
+    OK = "ok"  # success: return the response
+    RETRY = "retry"  # transient: wait (Retry-After or backoff) and send again
+    REAUTH = "reauth"  # the token expired: fetch a new one once, then send again
+    QUOTA = "quota"  # an allowance is spent: stop the run, the rest stays pending
+    AUTH = "auth"  # credentials refused: stop the run
+    REJECT = "reject"  # this request (or some of its rows) can never succeed as sent
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A classified answer. ``rows`` names bad rows by their 0-based position in the request
+    (``{index: (field, reason)}``) when the vendor says which; ``resets_at`` is when a quota
+    resets (ISO text) when the vendor says so; ``retry_after`` overrides the header."""
+
+    action: Action
+    message: str = ""
+    field: str | None = None
+    rows: dict[int, tuple[str | None, str]] | None = None
+    retry_after: float | None = None
+    resets_at: str | None = None
+
+
+#: A connector's classifier: a Verdict, or None to use the default status table.
+Classifier = Callable[[httpx.Response], "Verdict | None"]
+
+
+def default_verdict(response: httpx.Response) -> Verdict:
+    status = response.status_code
+    if status < 300:
+        return Verdict(Action.OK)
+    if status in AUTH_STATUSES:
+        return Verdict(Action.AUTH)
+    if status in TRANSIENT_STATUSES:
+        return Verdict(Action.RETRY)
+    return Verdict(Action.REJECT)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The parsed JSON body, or None when it is not JSON."""
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class VendorAuth(httpx.Auth):
+    """Credentials with a lifecycle. ``secrets`` lists every value to redact; ``refresh`` gets a
+    new token after the vendor said the current one expired (a static key cannot, and raises
+    AuthError); ``close`` releases a token at the end of a run."""
+
+    def secrets(self) -> list[str]:
+        return []
+
+    def refresh(self, client: httpx.Client) -> None:
+        raise AuthError("the vendor asked to re-authenticate, but this credential is a static key")
+
+    def close(self, client: httpx.Client) -> None:
+        """Release what the auth holds (a session token); a static key holds nothing."""
+
+
+class HeaderAuth(VendorAuth):
+    """A static key sent in headers (``Authorization: Bearer ...``, ``X-API-KEY: ...``)."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+
+    def secrets(self) -> list[str]:
+        out = []
+        for value in self._headers.values():
+            out.append(value)
+            out += [part for part in value.split(" ") if len(part) >= 6]
+        return out
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers.update(self._headers)
+        yield request
+
+
+class TokenAuth(VendorAuth):
+    """A session token fetched with long-lived credentials, cached, fetched again on ``refresh``
+    and released on ``close``. ``fetch(client) -> headers`` performs the vendor's token call;
+    ``release(client, headers)`` its logout call (optional). ``static`` are the long-lived
+    secret values (redacted too). Thread-safe: one token shared by every thread of a batch."""
+
+    def __init__(
+        self,
+        fetch: Callable[[httpx.Client], dict[str, str]],
+        *,
+        release: Callable[[httpx.Client, dict[str, str]], None] | None = None,
+        static: Iterable[str] = (),
+    ) -> None:
+        self._fetch, self._release = fetch, release
+        self._static = [s for s in static if s]
+        self._headers: dict[str, str] | None = None
+        self._issued: list[str] = []
+        self._lock = threading.Lock()
+        self.fetched = 0
+
+    def secrets(self) -> list[str]:
+        return self._static + self._issued
+
+    def ensure(self, client: httpx.Client) -> dict[str, str]:
+        with self._lock:
+            if self._headers is None:
+                self._headers = self._fetch(client)
+                self.fetched += 1
+                self._issued += [v for v in self._headers.values() if len(v) >= 6]
+            return self._headers
+
+    def refresh(self, client: httpx.Client) -> None:
+        with self._lock:
+            self._headers = None
+        self.ensure(client)
+
+    def close(self, client: httpx.Client) -> None:
+        with self._lock:
+            headers, self._headers = self._headers, None
+        if headers is not None and self._release is not None:
+            try:
+                self._release(client, headers)
+            except Exception:  # noqa: BLE001 - best effort: a token also expires on its own
+                log.warning("could not release the session token (it expires on its own)")
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        assert self._headers is not None, "call ensure() before sending"
+        request.headers.update(self._headers)
+        yield request
 
 
 @dataclass(frozen=True)
@@ -56,12 +193,15 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 class VendorHTTP:
-    """A pooled ``httpx.Client`` wrapped with the vendor's limiter and retry policy.
+    """A pooled ``httpx.Client`` wrapped with the vendor's auth, limiter, retry policy and classifier.
 
-    Raises ``AuthError`` (401/403: stop the run), ``RejectedError`` (other 4xx: reject the row,
-    never retried), ``TransientError`` (429/5xx/network still failing after the policy's
-    attempts). Messages pass through ``redact`` so no secret value can reach a log or a file.
-    One instance per batch (not per request); close it or use it as a context manager.
+    Every non-2xx answer goes through ``classify`` (the connector's, falling back to the default
+    status table) and becomes: a retry (429/5xx/network: ``Retry-After`` honoured, a 429 pauses
+    every thread sharing the limiter), one re-authentication then a retry, or an exception that
+    keeps the redacted body: ``AuthError`` (stop the run), ``QuotaExhausted`` (stop, rest pending),
+    ``RejectedError`` (reject the rows, never retried; ``rows`` when the vendor names them),
+    ``TransientError`` (still failing after the policy's attempts). Messages and bodies pass
+    through ``redact`` so no secret value can reach a log or a file. One instance per batch.
     """
 
     def __init__(
@@ -69,8 +209,10 @@ class VendorHTTP:
         base_url: str,
         *,
         headers: Mapping[str, str] | None = None,
+        auth: VendorAuth | None = None,
         limiter: Limiter | None = None,
         policy: RetryPolicy = RetryPolicy(),
+        classify: Classifier | None = None,
         error_parser: ErrorParser = _plain_error,
         secrets: Iterable[str] = (),
         timeout: float = 60.0,
@@ -84,8 +226,10 @@ class VendorHTTP:
             transport=transport,
             follow_redirects=False,
         )
+        self.auth = auth
         self.limiter: Limiter = limiter or SlidingWindowLimiter([])
         self.policy = policy
+        self.classify = classify
         self.error_parser = error_parser
         self._secrets = [s for s in secrets if s]
         self._sleep = sleep
@@ -93,9 +237,15 @@ class VendorHTTP:
         self.throttled = 0
 
     def redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
+        secrets = self._secrets + (self.auth.secrets() if self.auth else [])
+        for s in sorted(set(secrets), key=len, reverse=True):
+            if s:
+                text = text.replace(s, "***")
         return text
+
+    def _verdict(self, response: httpx.Response) -> Verdict:
+        verdict = self.classify(response) if self.classify else None
+        return verdict if verdict is not None else default_verdict(response)
 
     def request(
         self,
@@ -104,40 +254,76 @@ class VendorHTTP:
         *,
         json: Any = None,
         content: Callable[[], Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        files: Callable[[], Any] | None = None,
+        params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
     ) -> httpx.Response:
-        """Send with retries; return the 2xx response or raise as the class docstring says.
+        """Send with retries; return the successful response or raise as the class docstring says.
 
-        ``content`` is a factory (e.g. ``lambda: open(path, "rb")``) so that each attempt
-        streams the body afresh: a file is never read whole into memory, and a retry never
-        resends a half-consumed stream.
+        ``idempotent=False`` (a create that duplicates when repeated): only a 429 or a
+        connection that never opened is retried here; any other failure after sending raises
+        ``TransientError`` with ``maybe_applied`` set, because the vendor may have acted: the
+        loader asks the vendor (lookup) before sending again.
+
+        ``content`` and ``files`` are factories (e.g. ``lambda: open(path, "rb")``) so that each
+        attempt streams the body afresh: a file is never read whole into memory, and a retry
+        never resends a half-consumed stream.
         """
         policy = self.policy
         backoff = policy.backoff
         last: str = ""
-        for attempt in range(1, policy.attempts + 1):
+        reauthed = False
+        attempt = 0
+        while attempt < policy.attempts:
+            attempt += 1
+            if isinstance(self.auth, TokenAuth):
+                self.auth.ensure(self.client)
             slot = self.limiter.acquire()
             body = None
+            upload = None
             try:
                 body = content() if content is not None else None
+                upload = files() if files is not None else None
                 self.requests_sent += 1
-                response = self.client.request(method, url, json=json, content=body, headers=headers)
+                response = self.client.request(method, url, json=json, content=body, data=data, files=upload,
+                                               params=params, headers=headers, auth=self.auth or httpx.USE_CLIENT_DEFAULT)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                if not idempotent and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    raise _unsure(f"{method} {url}: {self.redact(last)}") from None
                 wait = min(backoff, policy.max_wait) * (1 + random.random() / 4)
                 backoff *= 2
+                throttled = False
             else:
-                status = response.status_code
-                if status < 300:
+                verdict = self._verdict(response)
+                if verdict.action is Action.OK:
                     return response
-                message = self.redact(self.error_parser(response))
-                if status in AUTH_STATUSES:
+                status = response.status_code
+                text = self.redact(response.text[:MAX_BODY])
+                parsed = _parse(text)
+                message = self.redact(verdict.message or self.error_parser(response))
+                if verdict.action is Action.REAUTH and not reauthed and self.auth is not None:
+                    reauthed = True
+                    attempt -= 1  # a re-authentication is not a failed attempt
+                    log.info("%s %s: %s; fetching a new token", method, url, message)
+                    self.auth.refresh(self.client)
+                    continue
+                if verdict.action in (Action.AUTH, Action.REAUTH):
                     raise AuthError(f"{method} {url} refused ({status}): {message}")
-                if status not in TRANSIENT_STATUSES:
-                    raise RejectedError(message, status=status)
+                if verdict.action is Action.QUOTA:
+                    raise QuotaExhausted(f"{method} {url}: {message}", resets_at=verdict.resets_at,
+                                         status=status, body=text, data=parsed)
+                if verdict.action is Action.REJECT:
+                    raise RejectedError(message, status=status, field=verdict.field, rows=verdict.rows,
+                                        body=text, data=parsed)
                 last = f"HTTP {status}: {message}"
-                hinted = retry_after_seconds(response)
-                if status == 429:
+                if not idempotent and status != 429:
+                    raise _unsure(f"{method} {url}: {self.redact(last)}", status=status, body=text, data=parsed)
+                hinted = verdict.retry_after if verdict.retry_after is not None else retry_after_seconds(response)
+                throttled = status == 429
+                if throttled:
                     self.throttled += 1
                     wait = min(policy.max_wait, hinted if hinted is not None else policy.default_retry_after)
                     # Pause every thread sharing the vendor budget, not just this one; the next
@@ -149,18 +335,20 @@ class VendorHTTP:
                 wait = min(wait, policy.max_wait)
             finally:
                 self.limiter.release(slot)
-                if body is not None and hasattr(body, "close"):
-                    body.close()
+                for stream in (body, upload):
+                    _close(stream)
             if attempt < policy.attempts:
                 log.warning(
                     "%s %s: %s; retry %d/%d in %.1fs",
                     method, url, self.redact(last), attempt, policy.attempts - 1, wait,
                 )
-                if not last.startswith("HTTP 429"):
+                if not throttled:
                     self._sleep(wait)
         raise TransientError(f"{method} {url}: {self.redact(last)} (after {policy.attempts} attempts)")
 
     def close(self) -> None:
+        """Close the connection pool. The auth (a session token) outlives it: a token is shared
+        by every batch of a run and released by the connector's finish step."""
         self.client.close()
 
     def __enter__(self) -> VendorHTTP:
@@ -169,3 +357,31 @@ class VendorHTTP:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _unsure(message: str, **kw: Any) -> TransientError:
+    error = TransientError(message + " (the vendor may have acted; not resent blindly)", **kw)
+    error.maybe_applied = True
+    return error
+
+
+def _parse(text: str) -> Any:
+    try:
+        return jsonlib.loads(text)
+    except ValueError:
+        return None
+
+
+def _close(stream: Any) -> None:
+    """Close a streamed body: a file object, or the file objects inside a ``files=`` mapping."""
+    if stream is None:
+        return
+    if hasattr(stream, "close"):
+        stream.close()
+        return
+    values = stream.values() if isinstance(stream, Mapping) else stream if isinstance(stream, list | tuple) else []
+    for value in values:
+        item = value[1] if isinstance(value, tuple) and len(value) > 1 else value
+        if isinstance(item, tuple):
+            item = item[1] if len(item) > 1 else None
+        if hasattr(item, "close"):
+            item.close()

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connectors.core.credentials import REFERENCE, literal_secrets
 from connectors.core.errors import ConfigError
 
-VendorName = Literal["kontent", "esploro", "mediapocket", "actionhub", "wordbee"]
 
 
 class SourceSpec(BaseModel):
@@ -46,7 +45,7 @@ class DestinationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    vendor: VendorName
+    vendor: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="a vendor of the registry")
     url: str | None = Field(default=None, description="base URL; default: the vendor's public one")
     credentials: dict[str, str] = Field(
         default_factory=dict, description="env:NAME or secret:BLOCK_NAME references"
@@ -94,7 +93,7 @@ def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list
 def parse_job(data: Any, *, where: str = "<job>") -> JobSpec:
     """Validate a job mapping, including the vendor's own settings; raise one ConfigError listing
     every problem found."""
-    from connectors.vendors import vendor_class  # local: the registry imports vendor modules
+    from connectors.vendors import vendor_spec  # local: the registry imports vendor modules
 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
@@ -109,15 +108,15 @@ def parse_job(data: Any, *, where: str = "<job>") -> JobSpec:
     vendor = dest.get("vendor")
     if isinstance(vendor, str):
         try:
-            cls = vendor_class(vendor)
+            spec = vendor_spec(vendor)
         except ConfigError as exc:
             errors.append(f"{where}: destination.vendor: {exc}")
         else:
             try:
-                cls.Settings.model_validate(dest.get("settings") or {})
+                spec.settings.model_validate(dest.get("settings") or {})
             except ValidationError as exc:
                 errors += format_errors(exc, where=where, prefix="destination.settings.")
-            missing = sorted(set(cls.credential_keys) - set(dest.get("credentials") or {}))
+            missing = sorted(set(spec.credential_keys) - set(dest.get("credentials") or {}))
             errors += [f"{where}: destination.credentials.{k}: required" for k in missing]
     if errors:
         raise ConfigError("invalid job file:\n  " + "\n  ".join(errors))

@@ -58,12 +58,17 @@ class SlidingWindowLimiter:
         self,
         windows: Sequence[Window],
         *,
+        allowances: Sequence[Window] = (),
         min_interval: float = 0.0,
         margin: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._windows = [Window(w.limit, w.seconds + margin) for w in windows]
+        # Allowances (hour/day budgets) are never waited for: when one is spent, acquire()
+        # raises QuotaExhausted so the run stops cleanly and the rest stays pending.
+        self._allowances = list(allowances)
+        self._sent: list[float] = []  # send times, for the allowances
         self._horizon = max((w.seconds for w in self._windows), default=0.0)
         self._slots: list[Slot] = []
         self._paused_until = 0.0
@@ -85,15 +90,35 @@ class SlidingWindowLimiter:
                 wait = max(wait, 0.01 if oldest == math.inf else oldest + w.seconds - now)
         return wait
 
+    def _check_allowances(self, now: float) -> None:
+        if not self._allowances:
+            return
+        longest = max(w.seconds for w in self._allowances)
+        self._sent = [t for t in self._sent if t > now - longest]
+        for w in self._allowances:
+            inside = [t for t in self._sent if t > now - w.seconds]
+            if len(inside) >= w.limit:
+                from datetime import datetime, timedelta, timezone
+
+                from connectors.core.errors import QuotaExhausted
+
+                resets = datetime.now(timezone.utc) + timedelta(seconds=inside[0] + w.seconds - now)
+                raise QuotaExhausted(
+                    f"the allowance of {w.limit} requests per {w.seconds:g} s is spent",
+                    resets_at=resets.isoformat(timespec="seconds"))
+
     def acquire(self) -> Slot:
         """Block until a request may be sent; the caller must ``release`` the slot when the
-        response (or the error) is back."""
+        response (or the error) is back. Raises QuotaExhausted when an allowance is spent."""
         while True:
             with self._lock:
                 now = self._clock()
+                self._check_allowances(now)
                 wait = self._wait_needed(now)
                 if wait <= 0:
                     self._last_send = now
+                    if self._allowances:
+                        self._sent.append(now)
                     slot = Slot()
                     self._slots.append(slot)
                     return slot
@@ -113,12 +138,15 @@ _SHARED: dict[str, SlidingWindowLimiter] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_limiter(key: str, windows: Sequence[Window], *, min_interval: float = 0.0) -> SlidingWindowLimiter:
+def shared_limiter(key: str, windows: Sequence[Window], *, allowances: Sequence[Window] = (),
+                   min_interval: float = 0.0) -> SlidingWindowLimiter:
     """One limiter per vendor budget (e.g. per Kontent environment) per process, shared by every
     batch running in that process's threads."""
-    full_key = f"{key}|{min_interval}|" + ",".join(f"{w.limit}/{w.seconds}" for w in windows)
+    full_key = (f"{key}|{min_interval}|" + ",".join(f"{w.limit}/{w.seconds}" for w in windows)
+                + "|" + ",".join(f"{w.limit}/{w.seconds}" for w in allowances))
     with _SHARED_LOCK:
         limiter = _SHARED.get(full_key)
         if limiter is None:
-            limiter = _SHARED[full_key] = SlidingWindowLimiter(windows, min_interval=min_interval)
+            limiter = _SHARED[full_key] = SlidingWindowLimiter(windows, allowances=allowances,
+                                                               min_interval=min_interval)
         return limiter

@@ -110,7 +110,9 @@ class DuplicateTracker:
         return index
 
 
-def canonicalize(chunk: RecordChunk, tracker: DuplicateTracker) -> tuple[pd.DataFrame, pd.DataFrame]:
+def canonicalize(
+    chunk: RecordChunk, tracker: DuplicateTracker, required: tuple[str, ...] = REQUIRED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a raw chunk into canonical records and rejects.
 
     ``good`` has every canonical column (in ``CANONICAL_COLUMNS`` order; missing ones all NA),
@@ -121,7 +123,8 @@ def canonicalize(chunk: RecordChunk, tracker: DuplicateTracker) -> tuple[pd.Data
     row; ``updated_at`` is datetime64[us, UTC] (ISO-8601 text, naive meaning UTC).
 
     ``rejects`` (``REJECT_COLUMNS``, row order) holds each invalid row once, with its first
-    problem: missing id, id with control characters, missing file, invalid updated_at,
+    problem: missing id, id with control characters, a missing ``required`` column (by default
+    ``file``; a vendor's spec names its own), invalid updated_at,
     duplicate id. Duplicates are judged among the valid rows only, across every chunk given
     the same ``tracker``; the first occurrence is kept. Raises ``ConfigError`` if the chunk
     has duplicate column names. All work is vectorised over the chunk.
@@ -156,7 +159,9 @@ def canonicalize(chunk: RecordChunk, tracker: DuplicateTracker) -> tuple[pd.Data
     flag(ids.isna(), "id", "missing id")
     control = ids.str.contains(_CONTROL, regex=True).fillna(False).astype(bool)
     flag(control, "id", "id contains control characters")
-    flag(text["file"].isna(), "file", "missing file")
+    for column in required:  # the vendor's required columns (``file`` only for vendors with files)
+        if column != "id" and column in text:
+            flag(text[column].isna(), column, f"missing {column}")
     bad_stamp = stamp_text.notna() & updated_at.isna()
     flag(bad_stamp, "updated_at", "invalid timestamp '" + stamp_text[bad_stamp] + "'")
 

@@ -1,15 +1,21 @@
-"""The connector contract every vendor implements, and the per-row outcome it returns."""
+"""The vendor surface: a spec (what the core needs to know), the connector contract, and the
+small types that pass between the loader and a connector."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
+import httpx
 import pandas as pd
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.core.ledger import JournalWriter, LedgerEntry
+from connectors.core.files import FileInfo, FileStore
+from connectors.core.http import RetryPolicy, Verdict, VendorAuth, VendorHTTP
+from connectors.core.ledger import LedgerEntry
+from connectors.core.ratelimit import Window, shared_limiter
 
 OutcomeStatus = Literal["loaded", "unchanged", "rejected", "failed", "pending"]
 
@@ -28,43 +34,244 @@ class Outcome:
     bytes_sent: int = 0
 
 
-class Connector(Protocol):
-    """A vendor. Plain Python: no Prefect here.
+@dataclass(frozen=True)
+class UnitRule:
+    """How rows form one vendor request ("unit"): ``row`` (one row each), ``group`` (all rows
+    sharing ``column``'s value, never split across requests, batches or tasks), or ``chunk``
+    (up to ``size_setting`` rows of the settings, e.g. a batch upsert of 500). A ``chunk`` with
+    a ``column`` never mixes two values of that column in one request: the rows of each value
+    are chunked on their own (e.g. one program per request); unlike ``group``, a value's rows
+    may span several requests and batches."""
 
-    - ``prepare`` is vectorised over a canonical frame: vendor checks (rejects) and payload columns.
-    - ``load`` sends one batch (rows, groups of rows or one request for all, as the vendor needs),
-      records ledger lines before/after each vendor call, and returns one Outcome per row. It
-      raises AuthError to stop the run and TransientError when the vendor looks down (the batch
-      is retried later; rows already loaded are skipped through the journal).
-    - ``plan`` returns exactly the requests ``load`` would send, without sending (dry run).
-    - ``lookup`` asks the vendor what it holds for some record ids (reconcile, verify).
+    kind: Literal["row", "group", "chunk"] = "row"
+    column: str | None = None
+    size_setting: str | None = None
+
+
+@dataclass(frozen=True)
+class VendorSpec:
+    """Everything the core needs to know about a vendor; the registry lists one per vendor.
+
+    ``required_columns``: canonical columns a row must have (``file`` only for vendors with files).
+    ``idempotent``: resending a request can never duplicate anything (an upsert). When False, the
+    loader journals ``intent`` before each send and, on resume, asks the vendor (``lookup``)
+    before sending an ``intent`` row again. ``rate_limits``: the documented windows, as defaults
+    of the settings fields of the same names (``requests_per_second``, ``requests_per_minute``,
+    ``requests_per_hour``, ``requests_per_day``); hour and day windows are allowances: when spent
+    the run stops with the rest pending instead of waiting. ``done_statuses``: ledger statuses that
+    mean the row is at the vendor (skipped when unchanged).
     """
 
-    name: ClassVar[str]
-    default_url: ClassVar[str]
-    credential_keys: ClassVar[tuple[str, ...]]
-    Settings: ClassVar[type[BaseModel]]
+    name: str
+    connector: str  # "module:Class"
+    default_url: str
+    credential_keys: tuple[str, ...]
+    settings: type[BaseModel]
+    required_columns: tuple[str, ...] = ("id", "file")
+    unit: UnitRule = UnitRule()
+    idempotent: bool = True
+    rate_limits: dict[str, int] = field(default_factory=dict)
+    done_statuses: tuple[str, ...] = ("loaded",)
+    summary: str = ""
+
+    @property
+    def files(self) -> bool:
+        return "file" in self.required_columns
+
+
+class RateSettings(BaseModel):
+    """The rate-limit fields every vendor's settings share (defaults: the vendor's documented
+    limits, set by each vendor's subclass). None = no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_hour: int | None = Field(default=None, ge=1)
+    requests_per_day: int | None = Field(default=None, ge=1)
+
+
+@dataclass
+class Row:
+    """One row on its way through the loader: the prepared row (``data``), its file's stat,
+    the ledger's prior entry, and the hashes the loader computed."""
+
+    id: str
+    data: dict[str, Any]
+    index: int
+    info: FileInfo | None = None
+    prior: LedgerEntry | None = None
+    hash: str = ""
+    file_hash: str = ""
+    reconcile: bool = False  # an ``intent`` from a killed run: the loader asked the vendor
+
+    @property
+    def vendor_id(self) -> str | None:
+        return self.prior.vendor_id if self.prior else None
+
+
+@dataclass
+class Unit:
+    """The rows of one vendor request (see ``UnitRule``)."""
+
+    rows: list[Row]
+    key: str | None = None
+    depth: int = 0  # how many times the loader split it to isolate a bad row
+    origin: int | None = None  # the unit it was split from (bounds the splitting)
+    rechecked: bool = False  # already looked up after a failed non-idempotent send
+
+
+@dataclass
+class Result:
+    """A connector's answer for one row of a sent unit: ``loaded`` (with what the vendor
+    answered), a status of the vendor's (e.g. ``queued`` until a finish step), or ``rejected``
+    with a reason when a successful response still refused this row."""
+
+    id: str
+    status: str = "loaded"
+    vendor_id: str | None = None
+    file_ref: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    bytes_sent: int = 0
+    reason: str = ""
+    field: str | None = None
+
+
+#: What a connector calls to journal a step of a multi-step load (e.g. ``uploaded`` with the
+#: file reference) before going on; the loader writes it durably at once.
+Checkpoint = Callable[[Row, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``send`` would do for a unit: an action name (per vendor: ``upload+upsert``,
+    ``create``, ``link``...) and the exact requests (secrets masked, file bodies described)."""
+
+    action: str
+    requests: list[dict[str, Any]]
+
+
+class Connector(Protocol):
+    """A vendor's API and nothing else (no ledger, no outcomes, no retries beyond HTTP): plain
+    Python, no Prefect. The generic loader (``connectors.core.loader``) calls it.
+
+    - ``prepare``: vectorised checks and payload columns over a canonical frame -> (ready, rejects).
+    - ``content``: the JSON-able metadata that defines "changed" for a row (hashed with the file
+      fingerprint by the loader).
+    - ``check``: an optional per-row check once the file is stat'ed -> (field, reason) or None.
+    - ``session``: a ``VendorHTTP`` with auth, limiter and classifier (one per batch).
+    - ``send``: the requests of one unit; returns one ``Result`` per row, or raises
+      ``RejectedError`` (``rows`` by position when the vendor names them), ``QuotaExhausted``,
+      ``AuthError`` or ``TransientError``. Calls ``checkpoint`` after each intermediate step.
+    - ``plan``: exactly what ``send`` would send, without sending (dry run).
+    - ``lookup``: what the vendor holds for some rows (reconcile, verify): id -> vendor facts
+      with at least ``vendor_id``.
+    - ``classify``: read an error answer's body -> ``Verdict`` (None: the default status table).
+    - ``finish``: optional step after every batch (e.g. start a vendor job and poll it).
+    """
+
+    spec: ClassVar[VendorSpec]
+    settings: Any
+    files: FileStore
 
     def destination_key(self) -> str: ...
 
     def prepare(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]: ...
 
-    def load(
-        self, frame: pd.DataFrame, priors: dict[str, LedgerEntry], journal: JournalWriter, run_id: str
-    ) -> list[Outcome]: ...
+    def content(self, row: dict[str, Any]) -> Any: ...
 
-    def plan(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry]) -> Iterator[dict[str, Any]]: ...
+    def check(self, row: dict[str, Any], info: FileInfo) -> tuple[str | None, str] | None: ...
 
-    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]: ...
+    def session(self) -> VendorHTTP: ...
+
+    def send(self, http: VendorHTTP, unit: Unit, checkpoint: Checkpoint) -> list[Result]: ...
+
+    def plan(self, unit: Unit) -> Plan: ...
+
+    def lookup(self, http: VendorHTTP, rows: list[Row]) -> dict[str, dict[str, Any]]: ...
+
+    def classify(self, response: httpx.Response) -> Verdict | None: ...
+
+    def finish(self, http: VendorHTTP, run_id: str) -> dict[str, Any] | None: ...
 
 
-class ConnectorFactory(Protocol):
-    name: ClassVar[str]
-    default_url: ClassVar[str]
-    credential_keys: ClassVar[tuple[str, ...]]
-    Settings: ClassVar[type[BaseModel]]
+class BaseConnector:
+    """Optional defaults for a connector: keeps url/settings/credentials, builds the HTTP session
+    from ``auth()`` and the rate settings, and no-op ``check``/``classify``/``finish``."""
 
-    def __call__(
-        self, *, url: str | None, settings: dict[str, Any], credentials: dict[str, SecretStr] | None,
+    spec: ClassVar[VendorSpec]
+
+    def __init__(
+        self,
+        *,
+        url: str | None,
+        settings: dict[str, Any],
+        credentials: dict[str, SecretStr] | None,
         file_options: dict[str, Any] | None = None,
-    ) -> Connector: ...
+        policy: RetryPolicy = RetryPolicy(),
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings = self.spec.settings.model_validate(settings)
+        self.base_url = (url or self.spec.default_url).rstrip("/")
+        self._credentials = credentials or {}
+        self.file_options = file_options
+        self.files = FileStore(file_options)
+        self.policy = policy
+        self.transport = transport
+        #: What ``prepare`` changed without rejecting (e.g. names truncated to the vendor's
+        #: limit), counted per kind; the run's summary reports it (``extra["notes"]``).
+        self.notes: Counter[str] = Counter()
+
+    # -- to override ------------------------------------------------------------------------
+    def destination_key(self) -> str:
+        return "default"
+
+    def auth(self) -> VendorAuth:
+        raise NotImplementedError
+
+    def error_message(self, response: httpx.Response) -> str:
+        return f"{self.spec.name} {response.status_code}: {response.text[:300]}"
+
+    def check(self, row: dict[str, Any], info: FileInfo) -> tuple[str | None, str] | None:
+        return None
+
+    def classify(self, response: httpx.Response) -> Verdict | None:
+        return None
+
+    def finish(self, http: VendorHTTP, run_id: str) -> dict[str, Any] | None:
+        return None
+
+    # -- shared ---------------------------------------------------------------------------
+    def secret(self, key: str) -> str:
+        from connectors.core.errors import ConfigError
+
+        value = self._credentials.get(key)
+        if value is None:
+            raise ConfigError(f"{self.spec.name} needs credentials.{key}")
+        return value.get_secret_value()
+
+    def windows(self) -> tuple[list[Window], list[Window]]:
+        """(paced windows, allowance windows) from the rate settings."""
+        s = self.settings
+        paced, allowance = [], []
+        per_second = getattr(s, "requests_per_second", None)
+        if per_second:
+            # a fractional rate (0.5/s) is a window of one request per 1/rate seconds
+            paced.append(Window(int(per_second), 1.0) if per_second >= 1 else Window(1, 1.0 / per_second))
+        if getattr(s, "requests_per_minute", None):
+            paced.append(Window(s.requests_per_minute, 60.0))
+        if getattr(s, "requests_per_hour", None):
+            allowance.append(Window(s.requests_per_hour, 3600.0))
+        if getattr(s, "requests_per_day", None):
+            allowance.append(Window(s.requests_per_day, 86400.0))
+        return paced, allowance
+
+    def session(self) -> VendorHTTP:
+        paced, allowance = self.windows()
+        per_second = getattr(self.settings, "requests_per_second", None)
+        limiter = shared_limiter(f"{self.spec.name}:{self.base_url}:{self.destination_key()}", paced,
+                                 allowances=allowance,
+                                 min_interval=1.0 / per_second if per_second else 0.0)
+        return VendorHTTP(self.base_url, auth=self.auth(), limiter=limiter, policy=self.policy,
+                          classify=self.classify, error_parser=self.error_message,
+                          transport=self.transport, headers={"Accept": "application/json"})

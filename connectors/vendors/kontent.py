@@ -27,8 +27,6 @@ Choices where the docs are silent (change them here):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -36,15 +34,13 @@ from urllib.parse import quote
 
 import httpx
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field
 
-from connectors.core.errors import AuthError, ConfigError, RejectedError, TransientError
-from connectors.core.files import FileStore, resolve_paths
-from connectors.core.http import RetryPolicy, VendorHTTP
-from connectors.core.ledger import JournalWriter, LedgerEntry, entry
-from connectors.core.ratelimit import Window, shared_limiter
+from connectors.core.errors import RejectedError, TransientError
+from connectors.core.files import FileInfo
+from connectors.core.http import HeaderAuth, VendorAuth, VendorHTTP
 from connectors.core.records import rejects_frame
-from connectors.vendors.base import Outcome
+from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Language codenames: letters, digits, '_' and '-' (e.g. "default", "en-US", "es_ES").
@@ -52,10 +48,8 @@ _LANGUAGE = r"[A-Za-z0-9][A-Za-z0-9_-]{0,59}"
 MB = 1024 * 1024
 
 
-class KontentSettings(BaseModel):
+class KontentSettings(RateSettings):
     """``destination.settings`` for ``vendor: kontent``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     environment_id: str = Field(pattern=_UUID.pattern, description="the environment (project) id")
     language: str = Field(default="default", pattern=f"^{_LANGUAGE}$",
@@ -66,8 +60,8 @@ class KontentSettings(BaseModel):
     folder: str | dict[str, str] | None = Field(default=None, description="folder for every asset")
     collection: str | dict[str, str] | None = Field(default=None, description="collection for every asset")
     tags_element: str | None = Field(default=None, description="taxonomy element codename that receives tags")
-    requests_per_second: int = Field(default=10, ge=1)
-    requests_per_minute: int = Field(default=400, ge=1)
+    requests_per_second: float | None = Field(default=10, gt=0)
+    requests_per_minute: int | None = Field(default=400, ge=1)
     max_file_mb: float = Field(default=100, gt=0, le=100)
 
 
@@ -99,10 +93,6 @@ def parse_error(response: httpx.Response) -> str:
     return text
 
 
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
 class ContinuationPaginator:
     """Follows ``pagination.continuation_token`` via the ``x-continuation`` header; refuses a
     token it has already seen (a server bug would otherwise loop forever)."""
@@ -123,64 +113,31 @@ class ContinuationPaginator:
         self.token = token
 
 
-class KontentConnector:
+class KontentConnector(BaseConnector):
     """Loads canonical asset rows into one Kontent.ai environment (see the module docstring)."""
 
-    name: ClassVar[str] = "kontent"
-    default_url: ClassVar[str] = "https://manage.kontent.ai/v2"
-    credential_keys: ClassVar[tuple[str, ...]] = ("api_key",)
-    Settings: ClassVar[type[BaseModel]] = KontentSettings
+    spec: ClassVar[VendorSpec]
+    settings: KontentSettings
 
-    def __init__(
-        self,
-        *,
-        url: str | None,
-        settings: dict[str, Any],
-        credentials: dict[str, SecretStr] | None,
-        file_options: dict[str, Any] | None = None,
-        policy: RetryPolicy = RetryPolicy(),
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.settings = KontentSettings.model_validate(settings)
-        self.base_url = (url or self.default_url).rstrip("/")
-        self._credentials = credentials
-        self.files = FileStore(file_options)
-        self.policy = policy
-        self.transport = transport
-        env = self.settings.environment_id
-        self.prefix = f"/projects/{env}"
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.prefix = f"/projects/{self.settings.environment_id}"
         self.max_bytes = int(self.settings.max_file_mb * MB)
 
-    # -- identity -------------------------------------------------------------------------
     def destination_key(self) -> str:
         return self.settings.environment_id
 
-    def _http(self) -> VendorHTTP:
-        if not self._credentials or "api_key" not in self._credentials:
-            raise ConfigError("Kontent needs credentials.api_key")
-        key = self._credentials["api_key"].get_secret_value()
-        s = self.settings
-        limiter = shared_limiter(
-            f"kontent:{s.environment_id}",
-            [Window(s.requests_per_second, 1.0), Window(s.requests_per_minute, 60.0)],
-            min_interval=1.0 / s.requests_per_second,  # even spacing: no burst within a second
-        )
-        return VendorHTTP(
-            self.base_url,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
-            limiter=limiter,
-            policy=self.policy,
-            error_parser=parse_error,
-            secrets=[key],
-            transport=self.transport,
-        )
+    def auth(self) -> VendorAuth:
+        return HeaderAuth({"Authorization": f"Bearer {self.secret('api_key')}"})
+
+    def error_message(self, response: httpx.Response) -> str:
+        return parse_error(response)
 
     # -- transform (vectorised) ---------------------------------------------------------------
     def prepare(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Vendor checks and payload columns. Rejects: malformed or unknown language."""
         s = self.settings
         out = frame.copy()
-        out["file"] = resolve_paths(out["file"], out["_source"])
         lang = out["language"].astype("string").fillna(s.language)
         out["_language"] = lang
         bad_format = ~lang.str.fullmatch(_LANGUAGE).fillna(False).astype(bool)
@@ -199,6 +156,15 @@ class KontentConnector:
         good = out[~(bad_format | unknown)].reset_index(drop=True)
         rej = pd.concat(rejects, ignore_index=True) if rejects else rejects_frame(out.iloc[0:0], field="", reason="")
         return good, rej
+
+    def check(self, row: dict[str, Any], info: FileInfo) -> tuple[str | None, str] | None:
+        if info.size is not None and info.size > self.max_bytes:
+            return "file", (f"file is {info.size / MB:.1f} MB; Kontent accepts at most "
+                            f"{self.settings.max_file_mb:g} MB")
+        return None
+
+    def content(self, row: dict[str, Any]) -> Any:
+        return {"body": self._body(row), "file_name": row["file_name"], "content_type": row["content_type"]}
 
     def _body(self, row: dict[str, Any]) -> dict[str, Any]:
         """The upsert body without ``file_reference`` (added at send time)."""
@@ -232,137 +198,105 @@ class KontentConnector:
     def _upsert_url(self, record_id: str) -> str:
         return f"{self.prefix}/assets/external-id/{quote(record_id, safe='')}"
 
-    # -- plan / load ---------------------------------------------------------------------
-    def _decide(self, row: dict[str, Any], info: Any, prior: LedgerEntry | None) -> tuple[str, Any]:
-        """-> (action, detail): reject/unchanged/upsert/upload, with the body and hashes."""
-        if info.error:
-            return "reject", ("file", f"{info.error}: {row['file']}")
-        if info.size is not None and info.size > self.max_bytes:
-            return "reject", ("file", f"file is {info.size / MB:.1f} MB; Kontent accepts at most "
-                                      f"{self.settings.max_file_mb:g} MB")
-        body = self._body(row)
-        meta = json.dumps(body, sort_keys=True, ensure_ascii=False) + f"|{row['file_name']}|{row['content_type']}"
-        rec_hash = _md5(meta + "|" + info.fingerprint)
-        if prior and prior.status == "loaded" and prior.hash == rec_hash:
-            return "unchanged", None
-        reuse = prior.file_ref if prior and prior.file_ref and prior.file_hash == info.fingerprint else None
-        return ("upsert" if reuse else "upload"), (body, rec_hash, reuse)
+    @staticmethod
+    def _reusable(row: Row) -> str | None:
+        """A file reference uploaded earlier for this very file (same fingerprint), if any."""
+        p = row.prior
+        return p.file_ref if p and p.file_ref and p.file_hash == row.file_hash else None
 
-    def plan(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry]) -> Iterator[dict[str, Any]]:
-        """Exactly the requests ``load`` would send (auth header masked), one dict per row."""
-        rows = frame.to_dict("records")
-        infos = self.files.stat_many([r["file"] for r in rows])
-        for row, info in zip(rows, infos):
-            action, detail = self._decide(row, info, priors.get(row["id"]))
-            item: dict[str, Any] = {"id": row["id"], "row": row.get("_row"), "source": row.get("_source"),
-                                    "action": action}
-            if action == "reject":
-                item["field"], item["reason"] = detail
-            elif action in ("upload", "upsert"):
-                body, _, reuse = detail
-                requests = []
-                if action == "upload":
-                    up = self._upload_request(row, info.size or 0)
-                    up["url"] = self.base_url + up["url"]
-                    up["headers"]["Authorization"] = "Bearer ***"
-                    up["body"] = f"<{info.size} bytes streamed from {row['file']}>"
-                    requests.append(up)
-                ref = {"id": reuse or "<id returned by the upload>", "type": "internal"}
-                requests.append({"method": "PUT", "url": self.base_url + self._upsert_url(row["id"]),
-                                 "headers": {"Authorization": "Bearer ***", "Content-Type": "application/json"},
-                                 "json": {"file_reference": ref, **body}})
-                item["requests"] = requests
-            yield item
+    # -- plan / send ----------------------------------------------------------------------
+    def plan(self, unit: Unit) -> Plan:
+        """Exactly the requests ``send`` would send (auth header masked)."""
+        row = unit.rows[0]
+        size = row.info.size if row.info else 0
+        reuse = self._reusable(row)
+        requests = []
+        if reuse is None:
+            up = self._upload_request(row.data, size or 0)
+            up["url"] = self.base_url + up["url"]
+            up["headers"]["Authorization"] = "Bearer ***"
+            up["body"] = f"<{size} bytes streamed from {row.data['file']}>"
+            requests.append(up)
+        ref = {"id": reuse or "<id returned by the upload>", "type": "internal"}
+        requests.append({"method": "PUT", "url": self.base_url + self._upsert_url(row.id),
+                         "headers": {"Authorization": "Bearer ***", "Content-Type": "application/json"},
+                         "json": {"file_reference": ref, **self._body(row.data)}})
+        return Plan("upsert" if reuse else "upload+upsert", requests)
 
-    def load(
-        self, frame: pd.DataFrame, priors: dict[str, LedgerEntry], journal: JournalWriter, run_id: str
-    ) -> list[Outcome]:
-        """Upload + upsert each row (see module docstring). Raises AuthError to stop the run and
-        TransientError after 3 consecutive transient failures (the vendor looks down)."""
-        rows = frame.to_dict("records")
-        infos = self.files.stat_many([r["file"] for r in rows])
-        outcomes: list[Outcome] = []
-        streak = 0
-        with self._http() as http:
-            for row, info in zip(rows, infos):
-                rid = row["id"]
-                action, detail = self._decide(row, info, priors.get(rid))
-                if action == "reject":
-                    outcomes.append(Outcome(rid, "rejected", reason=detail[1], field=detail[0]))
-                    continue
-                if action == "unchanged":
-                    outcomes.append(Outcome(rid, "unchanged", vendor_id=priors[rid].vendor_id))
-                    continue
-                try:
-                    outcomes.append(self._send(http, row, info, detail, journal, run_id))
-                    streak = 0
-                except RejectedError as exc:
-                    outcomes.append(Outcome(rid, "rejected", reason=exc.reason, field=exc.field))
-                    streak = 0
-                except AuthError:
-                    raise
-                except TransientError as exc:
-                    outcomes.append(Outcome(rid, "failed", reason=str(exc)))
-                    streak += 1
-                    if streak >= 3:
-                        raise TransientError(f"Kontent looks unavailable: {exc}") from None
-        return outcomes
-
-    def _upload(self, http: VendorHTTP, row: dict[str, Any], info: Any, journal: JournalWriter,
-                run_id: str) -> str:
-        req = self._upload_request(row, info.size or 0)
-        response = http.request("POST", req["url"], content=self.files.opener(row["file"]),
-                                headers=req["headers"])
-        file_ref = response.json()["id"]
-        journal.record(entry(row["id"], "uploaded", run_id, file_hash=info.fingerprint, file_ref=file_ref))
-        return file_ref
-
-    def _send(self, http: VendorHTTP, row: dict[str, Any], info: Any, detail: Any,
-              journal: JournalWriter, run_id: str) -> Outcome:
-        body, rec_hash, file_ref = detail
+    def send(self, http: VendorHTTP, unit: Unit, checkpoint: Checkpoint) -> list[Result]:
+        """Upload the binary unless the ledger holds a reference to this very file, then upsert
+        by external id (idempotent). A refused remembered reference is uploaded again once."""
+        row = unit.rows[0]
+        size = (row.info.size if row.info else 0) or 0
+        file_ref = self._reusable(row)
         sent = 0
         if file_ref is None:
-            file_ref = self._upload(http, row, info, journal, run_id)
-            sent = info.size or 0
-        payload = {"file_reference": {"id": file_ref, "type": "internal"}, **body}
+            file_ref = self._upload(http, row, checkpoint)
+            sent = size
+        payload = {"file_reference": {"id": file_ref, "type": "internal"}, **self._body(row.data)}
         try:
-            response = http.request("PUT", self._upsert_url(row["id"]), json=payload)
+            response = http.request("PUT", self._upsert_url(row.id), json=payload)
         except RejectedError:
             if sent:  # the file we just sent was refused: nothing more to try
                 raise
             # A remembered file reference may be gone (cleaned up after a crash): upload again.
-            file_ref = self._upload(http, row, info, journal, run_id)
-            sent = info.size or 0
+            file_ref = self._upload(http, row, checkpoint)
+            sent = size
             payload["file_reference"]["id"] = file_ref
-            response = http.request("PUT", self._upsert_url(row["id"]), json=payload)
-        vendor_id = response.json().get("id")
-        journal.record(entry(row["id"], "loaded", run_id, hash=rec_hash, file_hash=info.fingerprint,
-                             file_ref=file_ref, vendor_id=vendor_id))
-        return Outcome(row["id"], "loaded", vendor_id=vendor_id, bytes_sent=sent)
+            response = http.request("PUT", self._upsert_url(row.id), json=payload)
+        return [Result(row.id, vendor_id=response.json().get("id"), file_ref=file_ref, bytes_sent=sent)]
+
+    def _upload(self, http: VendorHTTP, row: Row, checkpoint: Checkpoint) -> str:
+        req = self._upload_request(row.data, (row.info.size if row.info else 0) or 0)
+        response = http.request("POST", req["url"], content=self.files.opener(row.data["file"]),
+                                headers=req["headers"])
+        file_ref = str(response.json()["id"])
+        checkpoint(row, "uploaded", {"file_ref": file_ref})
+        return file_ref
 
     # -- read back ----------------------------------------------------------------------
-    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The vendor's asset for each record id that exists there (by external id)."""
+    def lookup(self, http: VendorHTTP, rows: list[Row]) -> dict[str, dict[str, Any]]:
+        """The vendor's asset for each row that exists there (by external id)."""
         found: dict[str, dict[str, Any]] = {}
-        with self._http() as http:
-            for rid in ids:
-                try:
-                    found[rid] = http.request("GET", self._upsert_url(rid)).json()
-                except RejectedError as exc:
-                    if exc.status != 404:
-                        raise
-                    # not there
+        for row in rows:
+            try:
+                asset = http.request("GET", self._upsert_url(row.id)).json()
+            except RejectedError as exc:
+                if exc.status != 404:
+                    raise
+                continue  # not there
+            found[row.id] = {"vendor_id": asset.get("id"), "asset": asset}
         return found
+
+    def find(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The vendor's asset (as Kontent returns it) for each record id that exists there."""
+        with self.session() as http:
+            rows = [Row(id=i, data={"id": i}, index=n) for n, i in enumerate(ids)]
+            return {k: v["asset"] for k, v in self.lookup(http, rows).items()}
 
     def iter_assets(self) -> Iterator[dict[str, Any]]:
         """Every asset in the environment, following ``x-continuation``."""
         pager = ContinuationPaginator()
-        with self._http() as http:
+        with self.session() as http:
             while not pager.done:
                 headers = {"x-continuation": pager.token} if pager.token else None
                 body = http.request("GET", f"{self.prefix}/assets", headers=headers).json()
                 yield from body.get("assets") or []
                 pager.advance(body)
+
+
+SPEC = VendorSpec(
+    name="kontent",
+    connector="connectors.vendors.kontent:KontentConnector",
+    default_url="https://manage.kontent.ai/v2",
+    credential_keys=("api_key",),
+    settings=KontentSettings,
+    required_columns=("id", "file"),
+    idempotent=True,  # upsert by external id; a re-upload only leaves an unreferenced binary
+    rate_limits={"requests_per_second": 10, "requests_per_minute": 400},
+    summary="binary upload, then upsert by external id",
+)
+KontentConnector.spec = SPEC
 
 
 def _present(value: Any) -> bool:

@@ -1,0 +1,343 @@
+"""The generic loader: one row state machine for every vendor (plain Python, no Prefect).
+
+For one batch it owns: file stat + fingerprint, skipping unchanged rows, forming the vendor's
+request units, a durable ``intent`` before every non-idempotent send and the result after it,
+reconciling a killed run's ``intent`` rows by lookup (never resending blindly), per-row rejects
+(by index where the vendor names them, else by bisecting a splittable unit), the vendor-down
+streak, quotas (rows not attempted become ``pending``), and exactly one outcome per row. A
+connector only builds requests, classifies answers and looks things up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
+from connectors.core.ledger import INTENT, JournalWriter, LedgerEntry, entry
+from connectors.vendors.base import Connector, Outcome, Result, Row, Unit
+
+log = logging.getLogger("assetferry.loader")
+
+STREAK_LIMIT = 3  # consecutive transient unit failures: the vendor looks down
+SPLIT_BUDGET = 32  # extra requests spent isolating bad rows in one unit without per-row errors
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: counts per outcome, only the outcomes worth reporting (rejected, failed,
+    pending; loaded rows are just counted), and why the run must stop, if it must."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    outcomes: list[Outcome] = field(default_factory=list)
+    bytes_sent: int = 0
+    requests: int = 0
+    quota: str | None = None  # the vendor's allowance is spent: stop, the rest is pending
+    resets_at: str | None = None
+
+    def add(self, outcome: Outcome) -> None:
+        self.counts[outcome.status] += 1
+        self.bytes_sent += outcome.bytes_sent
+        if outcome.status not in ("loaded", "unchanged"):
+            self.outcomes.append(outcome)
+
+    def merge(self, other: BatchResult) -> None:
+        self.counts.update(other.counts)
+        self.outcomes += other.outcomes
+        self.bytes_sent += other.bytes_sent
+        self.requests += other.requests
+        self.quota = self.quota or other.quota
+        self.resets_at = self.resets_at or other.resets_at
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One planned unit for a dry run: its rows, the action and the exact requests; or one
+    row's decision without a request (``unchanged``, ``reject`` with field and reason)."""
+
+    ids: list[str]
+    action: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    where: list[tuple[str | None, int | None]] = field(default_factory=list)
+    field: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"ids": self.ids, "action": self.action}
+        if self.where:
+            data["rows"] = [{"source": s, "row": r} for s, r in self.where]
+        if self.requests:
+            data["requests"] = self.requests
+        if self.reason:
+            data["field"], data["reason"] = self.field, self.reason
+        return data
+
+
+def digest(text: str) -> str:
+    """A short content hash (64 bits, hex): collisions between two versions of one record are
+    negligible, and the ledger stays small."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+class Loader:
+    """Runs one connector's batches (see the module docstring)."""
+
+    def __init__(self, connector: Connector, *, streak_limit: int = STREAK_LIMIT,
+                 split_budget: int = SPLIT_BUDGET) -> None:
+        self.connector = connector
+        self.spec = connector.spec
+        self.streak_limit = streak_limit
+        self.split_budget = split_budget
+
+    # -- deciding -----------------------------------------------------------------------
+    def rows(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry],
+             run_id: str | None = None) -> tuple[list[Row], list[tuple[int, Outcome]]]:
+        """Rows to send, and the rows decided without sending (rejected file, unchanged) with
+        their position in ``frame``."""
+        records = frame.to_dict("records")
+        infos = (self.connector.files.stat_many([r["file"] for r in records]) if self.spec.files
+                 else [None] * len(records))
+        todo: list[Row] = []
+        decided: list[tuple[int, Outcome]] = []
+        for index, (data, info) in enumerate(zip(records, infos)):
+            rid = str(data["id"])
+            prior = priors.get(rid)
+            if info is not None:
+                if info.error:
+                    decided.append((index, Outcome(rid, "rejected", reason=f"{info.error}: {data['file']}",
+                                                   field="file")))
+                    continue
+                problem = self.connector.check(data, info)
+                if problem:
+                    decided.append((index, Outcome(rid, "rejected", field=problem[0], reason=problem[1])))
+                    continue
+            fingerprint = digest(info.fingerprint) if info is not None else ""
+            content = json.dumps(self.connector.content(data), sort_keys=True, ensure_ascii=False, default=str)
+            row = Row(id=rid, data=data, index=index, info=info, prior=prior,
+                      hash=digest(content + "|" + fingerprint), file_hash=fingerprint)
+            if prior is not None and prior.status in self.spec.done_statuses and prior.hash == row.hash:
+                # loaded by an earlier attempt of this very run (a Prefect retry): still "loaded"
+                same_run = run_id is not None and prior.run == run_id
+                decided.append((index, Outcome(rid, "loaded" if same_run else "unchanged",
+                                               vendor_id=prior.vendor_id)))
+                continue
+            row.reconcile = prior is not None and prior.status == INTENT and not self.spec.idempotent
+            todo.append(row)
+        return todo, decided
+
+    def units(self, rows: list[Row]) -> list[Unit]:
+        rule = self.spec.unit
+        if rule.kind == "group":
+            groups: dict[str, list[Row]] = {}
+            for row in rows:
+                groups.setdefault(str(row.data.get(rule.column)), []).append(row)
+            return [Unit(members, key=key) for key, members in groups.items()]
+        if rule.kind == "chunk":
+            size = int(getattr(self.connector.settings, rule.size_setting or "", 0) or len(rows) or 1)
+            if rule.column:  # chunks never mix two values of the column (e.g. one program each)
+                by_value: dict[str, list[Row]] = {}
+                for row in rows:
+                    by_value.setdefault(str(row.data.get(rule.column)), []).append(row)
+                return [Unit(members[i:i + size], key=key) for key, members in by_value.items()
+                        for i in range(0, len(members), size)]
+            return [Unit(rows[i:i + size]) for i in range(0, len(rows), size)]
+        return [Unit([row]) for row in rows]
+
+    def plan(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry]) -> Iterator[PlanItem]:
+        """Exactly what ``load`` would do, in source order, sending nothing (needs no credentials)."""
+        rows, decided = self.rows(frame, priors)
+        where: list[tuple[Any, Any]] = (
+            list(zip(frame["_source"].tolist(), frame["_row"].tolist())) if "_source" in frame.columns
+            else [(None, None)] * len(frame))
+        items: list[tuple[int, PlanItem]] = []
+        for index, o in decided:
+            action = "reject" if o.status == "rejected" else "unchanged"
+            items.append((index, PlanItem([o.id], action, where=[where[index]], field=o.field,
+                                          reason=o.reason or None)))
+        for unit in self.units(rows):
+            plan = self.connector.plan(unit)
+            action = plan.action
+            if any(r.reconcile for r in unit.rows):
+                action = f"reconcile+{action}"  # a lookup first: the vendor may hold it already
+            items.append((unit.rows[0].index, PlanItem([r.id for r in unit.rows], action, plan.requests,
+                                                       where=[where[r.index] for r in unit.rows])))
+        items.sort(key=lambda pair: pair[0])
+        for _, item in items:
+            yield item
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry], journal: JournalWriter,
+             run_id: str) -> BatchResult:
+        """Load one batch; every row gets exactly one outcome. Raises AuthError (stop the run)
+        and TransientError after ``streak_limit`` consecutive transient unit failures (the batch
+        is retried later; rows already journaled are not sent again). A quota is not raised:
+        the result says ``quota`` and the rows not attempted are ``pending``."""
+        result = BatchResult()
+        rows, decided = self.rows(frame, priors, run_id)
+        for _, outcome in decided:
+            result.add(outcome)
+        if not rows:
+            return result
+        journalist = _Journalist(journal, run_id)
+        with self.connector.session() as http:
+            try:
+                self._reconcile(http, rows, journalist)
+                self._send_all(http, self.units(rows), journalist, result)
+            finally:
+                result.requests += http.requests_sent
+        return result
+
+    def _reconcile(self, http: Any, rows: list[Row], journalist: _Journalist) -> None:
+        """A killed run left ``intent`` rows: the vendor may have acted. Ask before sending."""
+        suspects = [r for r in rows if r.reconcile]
+        if not suspects:
+            return
+        found = self.connector.lookup(http, suspects)
+        for row in suspects:
+            facts = found.get(row.id)
+            if facts and facts.get("vendor_id"):
+                prior = row.prior
+                row.prior = entry(row.id, "created", journalist.run_id, vendor_id=str(facts["vendor_id"]),
+                                  file_ref=prior.file_ref if prior else None,
+                                  hash=prior.hash if prior else "", extra=facts.get("extra") or {})
+                journalist.record(row.prior)
+                log.info("%s: found at the vendor after an interrupted run (%s); not created again",
+                         row.id, facts["vendor_id"])
+            else:
+                row.prior = None  # the vendor never acted: safe to create
+
+    def _recheck(self, http: Any, unit: Unit, journalist: _Journalist) -> bool:
+        """A non-idempotent unit failed after it may have reached the vendor: look its rows up
+        so that the resend updates what was created instead of creating it twice. False when the
+        lookup fails too (the rows keep their ``intent`` for the next attempt)."""
+        suspects = [r for r in unit.rows if not r.vendor_id]
+        for row in suspects:
+            row.reconcile = True
+        try:
+            self._reconcile(http, suspects, journalist)
+        except TransientError as exc:
+            log.warning("could not check what the vendor holds after a failed send: %s", exc)
+            return False
+        return True
+
+    def _send_all(self, http: Any, units: list[Unit], journalist: _Journalist, result: BatchResult) -> None:
+        queue = deque(units)
+        streak = 0
+        budget: dict[int, int] = {}
+        while queue:
+            unit = queue.popleft()
+            if result.quota:
+                for row in unit.rows:
+                    result.add(Outcome(row.id, "pending", reason=result.quota))
+                continue
+            if not self.spec.idempotent:
+                for row in unit.rows:
+                    if not row.vendor_id:
+                        journalist.record(entry(row.id, INTENT, journalist.run_id, hash=row.hash,
+                                                file_hash=row.file_hash))
+            try:
+                results = self.connector.send(http, unit, journalist.checkpoint)
+            except RejectedError as exc:
+                streak = 0
+                self._rejected(unit, exc, queue, budget, journalist, result)
+            except QuotaExhausted as exc:
+                result.quota = str(exc)
+                result.resets_at = exc.resets_at
+                log.warning("quota: %s%s", exc, f" (resets {exc.resets_at})" if exc.resets_at else "")
+                queue.appendleft(unit)
+            except AuthError:
+                raise
+            except TransientError as exc:
+                if not self.spec.idempotent and not unit.rechecked and self._recheck(http, unit, journalist):
+                    queue.appendleft(Unit(unit.rows, key=unit.key, depth=unit.depth, origin=unit.origin,
+                                          rechecked=True))
+                    continue
+                streak += 1
+                for row in unit.rows:
+                    result.add(Outcome(row.id, "failed", reason=str(exc)))
+                if streak >= self.streak_limit:
+                    raise TransientError(f"{self.spec.name} looks unavailable: {exc}") from None
+            else:
+                streak = 0
+                self._done(unit, results, journalist, result)
+
+    def _done(self, unit: Unit, results: list[Result], journalist: _Journalist, result: BatchResult) -> None:
+        by_id = {r.id: r for r in results}
+        for row in unit.rows:
+            res = by_id.get(row.id)
+            if res is None:
+                result.add(Outcome(row.id, "failed", reason=f"{self.spec.name} did not answer for this row"))
+                continue
+            if res.status == "rejected":
+                self._reject_row(row, res.field, res.reason, journalist, result)
+                continue
+            journalist.record(entry(row.id, res.status, journalist.run_id, hash=row.hash, file_hash=row.file_hash,
+                                    vendor_id=res.vendor_id or row.vendor_id, file_ref=res.file_ref,
+                                    extra=res.extra))
+            result.add(Outcome(row.id, "loaded", vendor_id=res.vendor_id, bytes_sent=res.bytes_sent))
+
+    def _reject_row(self, row: Row, field_name: str | None, reason: str, journalist: _Journalist,
+                    result: BatchResult) -> None:
+        if not self.spec.idempotent and not row.vendor_id:
+            # the intent is settled: the vendor refused, nothing was created
+            journalist.record(entry(row.id, "rejected", journalist.run_id, hash=row.hash))
+        result.add(Outcome(row.id, "rejected", reason=reason, field=field_name))
+
+    def _rejected(self, unit: Unit, exc: RejectedError, queue: deque[Unit], budget: dict[int, int],
+                  journalist: _Journalist, result: BatchResult) -> None:
+        """A refused unit: reject the rows the vendor named and resend the rest; without names,
+        bisect a splittable unit (within ``split_budget`` extra requests) or reject the unit."""
+        rows = unit.rows
+        origin = unit.origin if unit.origin is not None else id(unit)
+        named = {i: v for i, v in exc.rows.items() if 0 <= i < len(rows)}
+        if named:
+            for i in sorted(named):
+                field_name, reason = named[i]
+                self._reject_row(rows[i], field_name or exc.field, reason, journalist, result)
+            rest = [r for i, r in enumerate(rows) if i not in named]
+            if rest:
+                queue.appendleft(Unit(rest, key=unit.key, depth=unit.depth + 1, origin=origin))
+            return
+        splittable = self.spec.unit.kind == "chunk" and len(rows) > 1
+        if not splittable:
+            for row in rows:
+                self._reject_row(row, exc.field, exc.reason, journalist, result)
+            return
+        spent = budget.get(origin, 0)
+        if spent + 2 > self.split_budget:
+            for row in rows:  # never reject rows blindly: the next run tries again
+                result.add(Outcome(row.id, "failed", reason=f"in a request refused without row detail "
+                                                              f"({exc.reason}); split budget spent"))
+            return
+        budget[origin] = spent + 2
+        half = len(rows) // 2
+        for part in (rows[half:], rows[:half]):
+            queue.appendleft(Unit(part, key=unit.key, depth=unit.depth + 1, origin=origin))
+        log.info("%s refused %d rows without naming them; splitting to find the bad ones",
+                 self.spec.name, len(rows))
+
+
+class _Journalist:
+    """Journals steps for the loader and the connector (``checkpoint``)."""
+
+    def __init__(self, journal: JournalWriter, run_id: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+
+    def record(self, item: LedgerEntry) -> None:
+        self.journal.record(item)
+
+    def checkpoint(self, row: Row, status: str, fields: dict[str, Any]) -> None:
+        known = {"vendor_id", "file_ref", "extra"}
+        extra = {k: v for k, v in fields.items() if k not in known}
+        item = entry(row.id, status, self.run_id, hash=row.hash, file_hash=row.file_hash, vendor_id=fields.get("vendor_id") or row.vendor_id,
+                     file_ref=fields.get("file_ref"), extra={**(fields.get("extra") or {}), **extra})
+        self.journal.record(item)
+        row.prior = item

@@ -1,0 +1,1 @@
+"""Contract-suite kits, one module per vendor (``KIT``)."""
