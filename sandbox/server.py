@@ -10,11 +10,17 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
-from sandbox import kontent
+from sandbox import actionhub, esploro, kontent, mediapocket, wordbee
 
 # One line per vendor. A simulator module may export BASE_PATH (appended to the root URL in
 # the banner) and DEMO_* string constants (sandbox-only credentials printed by `serve`).
-SIMULATORS: dict[str, Callable[..., ASGIApp]] = {"kontent": kontent.create_app}
+SIMULATORS: dict[str, Callable[..., ASGIApp]] = {
+    "kontent": kontent.create_app,
+    "esploro": esploro.create_app,
+    "mediapocket": mediapocket.create_app,
+    "actionhub": actionhub.create_app,
+    "wordbee": wordbee.create_app,
+}
 
 
 def banner(vendor: str, root_url: str) -> str:
