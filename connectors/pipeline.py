@@ -110,7 +110,7 @@ class Pipeline:
         if rule.kind == "group" and rule.column:
             yield from self._grouped_batches(rule.column)
             return
-        size = self.job.batch_size
+        size = self.batch_size
         carry: pd.DataFrame | None = None
         rejects: list[pd.DataFrame] = []
         for ready, chunk_rejects in self.prepared():
@@ -127,7 +127,7 @@ class Pipeline:
             yield rest.reset_index(drop=True), _concat(rejects)
 
     def _grouped_batches(self, column: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-        size = self.job.batch_size
+        size = self.batch_size
         with tempfile.TemporaryDirectory(prefix="assetferry-groups-") as tmp:
             spill = [Path(tmp) / f"bucket-{k:02d}.pkl" for k in range(GROUP_BUCKETS)]
             for ready, found in self.prepared():
@@ -171,6 +171,11 @@ class Pipeline:
                                 end += 1
                     yield frame.iloc[start:end].reset_index(drop=True), _concat([])
                     start = end
+
+    @property
+    def batch_size(self) -> int:
+        """The job's ``batch_size``, else the vendor's default (``VendorSpec.batch_size``)."""
+        return self.job.batch_size or self.connector.spec.batch_size
 
     def count_rows(self) -> int:
         """Rows in the source (one extra streaming pass), for progress totals."""

@@ -42,8 +42,16 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table.add_row(*(str(summary[k]) for k in ("loaded", "unchanged", "rejected", "failed", "pending")),
                   f"{summary['seconds']:.1f}s")
     notes = (summary.get("extra") or {}).get("notes") or {}  # what the vendor's prepare changed
-    if notes:
-        table.caption = "; ".join(f"{n} rows: {what}" for what, n in notes.items())
+    captions = [f"{what}: {n} rows" for what, n in notes.items()]
+    if summary.get("stopped"):
+        captions.append(f"stopped: {summary['stopped']}"
+                        + (f" (resets {summary['resets_at']})" if summary.get("resets_at") else ""))
+    finish = summary.get("finish") or {}  # what the vendor's finish step reported (scalars only)
+    if finish:
+        captions.append("finish: " + ", ".join(f"{k}={v}" for k, v in finish.items()
+                                                if isinstance(v, str | int | float | bool)))
+    if captions:
+        table.caption = "; ".join(captions)
     return table
 
 
@@ -120,6 +128,9 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
         table.add_column(col, justify="right")
     table.add_row(str(pipeline.counts.read), *(str(counts[a]) for a in actions), str(counts["unchanged"]),
                   str(len(rejects)), str(pipeline.counts.outside_window))
+    notes = getattr(connector, "notes", None)  # what the vendor's prepare changed (not rejected)
+    if notes:
+        table.caption = "; ".join(f"{what}: {n} rows" for what, n in notes.items())
     console.print(table)
     if rejects:
         rt = Table(title=f"rejected rows (first {min(20, len(rejects))} of {len(rejects)})")
@@ -229,6 +240,198 @@ def sandbox(
     if vendor not in SIMULATORS:
         _fail(f"no simulator for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})")
     serve(vendor, host=host, port=port)
+
+
+def _windows(since: str, until: str, window: str) -> list[tuple[str, str]]:
+    """[since, until) cut into consecutive windows of ``window`` (e.g. 7d, 12h, 30m)."""
+    import re
+    from datetime import timedelta
+
+    from connectors.core.records import parse_window
+
+    start, end = parse_window(since, until)
+    if start is None or end is None:
+        raise ConfigError("backfill needs both --since and --until")
+    m = re.fullmatch(r"(\d+)([dhm])", window.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"invalid --window {window!r}: use a number and d, h or m, e.g. 7d")
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(2)]
+    step = timedelta(**{unit: int(m.group(1))})
+    out, cursor = [], start
+    while cursor < end:
+        nxt = min(cursor + step, end)
+        out.append((cursor.isoformat(), nxt.isoformat()))
+        cursor = nxt
+    return out
+
+
+@app.command()
+def backfill(
+    job_file: Path = typer.Argument(..., help="the job YAML"),
+    since: str = typer.Option(..., help="start of the first window (ISO time)"),
+    until: str = typer.Option(..., help="end of the last window (ISO time, exclusive)"),
+    window: str = typer.Option("7d", help="window length: 7d, 12h, 30m"),
+    deployment: Optional[str] = typer.Option(None, help="run each window as a run of this deployment "
+                                                        "(flow/deployment name) on the Prefect server"),
+    output: str = typer.Option("table", help="table | json"),
+) -> None:
+    """Load [since, until) window by window, in order: locally (one summary per window), or as one
+    deployment run per window on the server (followed to the end, with each run's UI link)."""
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
+    try:
+        from connectors.core.job import load_job
+
+        job = load_job(job_file)
+        windows = _windows(since, until, window)
+        results = (_backfill_deployment(deployment, job_file, windows) if deployment
+                   else [_run_flow(job, a, b, None) for a, b in windows])
+    except AssetferryError as exc:
+        _fail(str(exc))
+    code = max((r.get("exit_code", 1) for r in results), default=0)
+    if output == "json":
+        console.print_json(json.dumps(results, default=str))
+    else:
+        table = Table(title=f"{job.name} -> {job.destination.vendor}: backfill of {len(windows)} windows")
+        for col in ("since", "until", "state", "loaded", "unchanged", "rejected", "failed", "pending"):
+            table.add_column(col, justify="right")
+        for r in results:
+            table.add_row(str(r.get("since")), str(r.get("until")), str(r.get("state_name", "")),
+                          *(str(r.get(k, "")) for k in ("loaded", "unchanged", "rejected", "failed", "pending")))
+        console.print(table)
+        for r in results:
+            if r.get("url"):
+                console.print(f"{r['since']} .. {r['until']}: {r['url']}")
+    raise typer.Exit(code)
+
+
+def _backfill_deployment(name: str, job_file: Path, windows: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One deployment run per window, one after the other, each followed to its final state."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_UI_URL
+
+    out = []
+    for a, b in windows:
+        run = run_deployment(name, parameters={"job_file": str(job_file), "since": a, "until": b},
+                             timeout=None, tags=["backfill"])
+        state = run.state
+        result: dict[str, Any] = {"since": a, "until": b, "flow_run": run.name,
+                                  "state_name": state.name if state else "?",
+                                  "url": f"{PREFECT_UI_URL.value()}/runs/flow-run/{run.id}" if PREFECT_UI_URL.value() else None}
+        try:
+            data = state.result() if state and state.is_completed() else None
+        except Exception:  # noqa: BLE001 - results may not be persisted on the server
+            data = None
+        if isinstance(data, dict):
+            result.update({k: data.get(k) for k in ("loaded", "unchanged", "rejected", "failed", "pending",
+                                                    "exit_code")})
+        else:
+            result["exit_code"] = 0 if state and state.is_completed() and state.name == "Completed" else 1
+        err.print(f"{a} .. {b}: {result['state_name']} ({run.name})")
+        out.append(result)
+    return out
+
+
+@app.command()
+def status(
+    job_file: Path = typer.Argument(..., help="the job YAML"),
+    output: str = typer.Option("table", help="table | json"),
+) -> None:
+    """What the ledger says: records per status, the last run, rejected rows, and whether a run
+    of this job is going on now. Sends nothing, starts no Prefect."""
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
+    try:
+        from connectors.core.job import load_job
+        from connectors.pipeline import Pipeline, make_connector
+
+        job = load_job(job_file)
+        ledger = Pipeline(job, make_connector(job, credentials={})).ledger()
+        info = _status(job, ledger, ledger.load())
+    except AssetferryError as exc:
+        _fail(str(exc))
+    if output == "json":
+        console.print_json(json.dumps(info, default=str))
+        raise typer.Exit(0)
+    table = Table(title=f"{job.name} -> {job.destination.vendor}: {info['state']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for status_name, n in sorted(info["statuses"].items()):
+        table.add_row(f"records {status_name}", str(n))
+    for key in ("records", "last_run", "last_write", "rejected_last_run", "rejects_file", "running"):
+        table.add_row(key.replace("_", " "), str(info[key] if info[key] is not None else "-"))
+    console.print(table)
+
+
+def _status(job: Any, ledger: Any, index: Any) -> dict[str, Any]:
+    """Ledger facts for ``status``; reads only (the lock is probed without being taken)."""
+    import pyarrow.compute as pc
+
+    table = index.table
+    last_write = last_run = None
+    if table.num_rows:
+        newest = pc.max(table.column("at")).as_py()
+        last_write = newest.isoformat() if newest else None
+        latest = table.filter(pc.equal(table.column("at"), pc.max(table.column("at"))))
+        last_run = latest.column("run").cast("string")[0].as_py()
+    rejects_path = f"{ledger.root}/rejects.csv"
+    rejected = None
+    if ledger.fs.exists(rejects_path):
+        import pandas as pd
+
+        with ledger.fs.open(rejects_path, "rb") as f:
+            rejected = len(pd.read_csv(f, usecols=["id"]))
+    return {"job": job.name, "vendor": job.destination.vendor, "state": ledger.url,
+            "records": len(index), "statuses": index.status_counts(), "last_write": last_write,
+            "last_run": last_run, "rejected_last_run": rejected,
+            "rejects_file": f"{ledger.url}/rejects.csv" if rejected else None, "running": _holder(ledger)}
+
+
+def _holder(ledger: Any) -> str | None:
+    """Who holds the job's run lock right now, if anyone (without taking it)."""
+    import fcntl
+
+    if ledger.local:
+        path = f"{ledger.root}/lock"
+        if not ledger.fs.exists(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read() or "a run"
+            return None
+    lease = f"{ledger.root}/lock.json"
+    return ledger.fs.cat_file(lease).decode() if ledger.fs.exists(lease) else None
+
+
+@app.command()
+def serve(
+    job_files: list[Path] = typer.Argument(..., help="one or more job YAMLs"),
+    cron: str = typer.Option(..., help='cron schedule, e.g. "0 2 * * *"'),
+    timezone: str = typer.Option("UTC", help="the schedule's timezone, e.g. Europe/Berlin"),
+) -> None:
+    """Run the jobs on a schedule from this process, without a work pool or worker (small setups;
+    needs PREFECT_API_URL pointing at a Prefect server). One deployment per job, concurrency 1."""
+    try:
+        from connectors.core.job import load_job
+
+        jobs = [(load_job(path), path.resolve()) for path in job_files]
+    except AssetferryError as exc:
+        _fail(str(exc))
+    from prefect import serve as prefect_serve
+    from prefect.schedules import Cron
+
+    from flows.sync import sync_job
+
+    deployments = [
+        sync_job.to_deployment(
+            name=f"{job.name}-to-{job.destination.vendor}", schedules=[Cron(cron, timezone=timezone)],
+            parameters={"job_file": str(path)}, tags=[f"job:{job.name}", f"vendor:{job.destination.vendor}"],
+            concurrency_limit=1, description=f"assetferry job {path}")
+        for job, path in jobs
+    ]
+    prefect_serve(*deployments)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -11,17 +13,20 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+)
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.core.errors import AuthError, ConfigError, TransientError
-from connectors.core.job import JobSpec
+from connectors.core.job import JobSpec, load_job
 from connectors.core.ledger import Ledger, LedgerIndex, RejectsWriter, new_run_id
 from connectors.core.loader import BatchResult
 from connectors.core.records import rejects_frame
-from connectors.pipeline import Pipeline, make_connector
+from connectors.core.lock import RunLock
+from connectors.pipeline import Pipeline, make_connector, state_options
 from connectors.vendors.base import BaseConnector, Outcome
 from flows import secrets  # noqa: F401 - registers the secret: credential scheme
 from tasks.load import finish_load, load_batch
@@ -52,6 +57,9 @@ class RunSummary:
     resets_at: str | None = None  # when the vendor's quota resets, where it says
     batches: int = 0
     requests: int = 0
+    throttled: int = 0  # 429 answers seen (and waited out)
+    since: str | None = None
+    until: str | None = None
     finish: dict[str, Any] | None = None  # what the vendor's finish step reported
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. notes: {what prepare changed: rows}
 
@@ -68,9 +76,14 @@ class RunSummary:
         return 1 if (self.rejected or self.failed or self.pending) else 0
 
     def table(self) -> list[dict[str, Any]]:
-        rows = [("loaded", self.loaded), ("unchanged", self.unchanged), ("rejected", self.rejected),
-                ("failed", self.failed), ("pending", self.pending), ("outside window", self.outside_window),
-                ("bytes sent", self.bytes_sent), ("seconds", round(self.seconds, 1))]
+        window = f"{self.since or '-'} .. {self.until or '-'}" if (self.since or self.until) else "all rows"
+        rows = [("total", self.total), ("window", window), ("loaded", self.loaded), ("unchanged", self.unchanged),
+                ("rejected", self.rejected), ("failed", self.failed), ("pending", self.pending),
+                ("outside window", self.outside_window), ("requests", self.requests),
+                ("429s seen", self.throttled), ("bytes sent", self.bytes_sent),
+                ("seconds", round(self.seconds, 1)), ("rejects file", self.rejects_file or "-")]
+        if self.stopped:
+            rows.append(("stopped", self.stopped + (f" (resets {self.resets_at})" if self.resets_at else "")))
         rows += list((self.extra.get("notes") or {}).items())
         return [{"metric": k, "value": v} for k, v in rows]
 
@@ -146,6 +159,7 @@ class _Batches:
         self.counts.update(result.counts)
         self.summary.bytes_sent += result.bytes_sent
         self.summary.requests += result.requests
+        self.summary.throttled += result.throttled
         self.rejects.write(_failed_rejects(batch, result.outcomes))
         self.summary.batches += 1
         self.report()
@@ -183,9 +197,74 @@ class _Batches:
             setattr(s, status, self.counts[status])
         s.outside_window = self.pipeline.counts.outside_window
         s.seconds = time.monotonic() - self.started
-        update_progress_artifact(self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1))
+        update_progress_artifact(self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1),
+                                 description=f"{self.job.name} -> {s.vendor}: {s.done} of {s.total} rows "
+                                             f"({s.loaded} loaded, {s.unchanged} unchanged, {s.rejected} rejected, "
+                                             f"{s.failed} failed, {s.pending} pending)")
         for hook in PROGRESS_HOOKS:
             hook(s)
+
+
+def _window_label(since: str | None, until: str | None) -> str:
+    """``2026-01-01..2026-01-08`` for a window run, "" for a full run (run names and tags)."""
+    if not since and not until:
+        return ""
+    return f"{(since or '')[:19]}..{(until or '')[:19]}".replace(":", "")
+
+
+def _run_name() -> str:
+    """``<job>-to-<vendor>``, plus the window for a window run (backfills tell runs apart)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    job = params.get("job")
+    if job is None and params.get("job_file"):
+        try:
+            job = load_job(params["job_file"])
+        except ConfigError:
+            return Path(str(params["job_file"])).stem
+    name = job.get("name") if isinstance(job, dict) else job.name
+    dest = job.get("destination", {}) if isinstance(job, dict) else job.destination
+    vendor = dest.get("vendor") if isinstance(dest, dict) else dest.vendor
+    window = _window_label(params.get("since"), params.get("until"))
+    return f"{name}-to-{vendor}" + (f"-{window}" if window else "")
+
+
+def _tag_run(labels: list[str]) -> None:
+    """Add tags to this flow run (job, vendor, window) so runs can be filtered in the UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.id)
+            client.update_flow_run(run.id, tags=sorted({*run.tags, *labels}))
+    except Exception as exc:  # noqa: BLE001 - tags are a convenience; the run goes on
+        logging.getLogger("assetferry.flow").warning("could not tag the run: %s", type(exc).__name__)
+
+
+def _route_connector_logs() -> None:
+    """Connector logs (retries, 429s, reconciles) reach the UI in every run mode, as Prefect's
+    PREFECT_LOGGING_EXTRA_LOGGERS would arrange it: copy the handlers of ``prefect.extra``."""
+    ours = logging.getLogger("assetferry")
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+
+
+def _rejects_markdown(summary: RunSummary, sample: list[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")[:300]
+
+    total = summary.rejected + summary.failed
+    lines = [f"### {total} rows not loaded (first {len(sample)} below)", "",
+             f"Full list: `{summary.rejects_file}`", "", "| source | row | id | field | reason |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {cell(r.get('source'))} | {cell(r.get('row'))} | {cell(r.get('id'))} | {cell(r.get('field'))} "
+              f"| {cell(r.get('reason'))} |" for r in sample]
+    return "\n".join(lines)
 
 
 def _final_state(summary: RunSummary) -> State:
@@ -204,7 +283,7 @@ def _final_state(summary: RunSummary) -> State:
 
 @flow(
     name="sync-assets",
-    flow_run_name="{job.name}-to-{job.destination.vendor}",
+    flow_run_name=lambda: _run_name(),
     task_runner=ThreadPoolTaskRunner(max_workers=32),
     log_prints=False,
     validate_parameters=True,
@@ -218,15 +297,31 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     (``exit_code`` 0/1/2). Concurrency: at most ``job.concurrency`` batches in flight; a vendor
     still down after every retry stops the run, leaving the rest pending for the next one.
     """
-    logger = get_run_logger()
     started = time.monotonic()
     vendor = job.destination.vendor
-    summary = RunSummary(job=job.name, vendor=vendor, run_id=new_run_id())
+    summary = RunSummary(job=job.name, vendor=vendor, run_id=new_run_id(), since=since, until=until)
+    _route_connector_logs()
+    window = _window_label(since, until)
+    _tag_run([f"job:{job.name}", f"vendor:{vendor}", *([f"window:{window}"] if window else [])])
     connector = make_connector(job)  # resolves credentials: fails fast on a missing one
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
     ledger = pipeline.ledger()
     summary.state = ledger.url
+    # One run per job and destination at a time, whatever started it: a second one waits up to
+    # lock_wait_seconds, then stops with a message naming the run that holds the lock.
+    lock = RunLock(ledger.url, summary.run_id, state_options(job), wait_seconds=job.lock_wait_seconds).acquire()
+    try:
+        return _sync(job, summary, connector, pipeline, ledger, started)
+    finally:
+        lock.release()
+
+
+def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline, ledger: Ledger,
+          started: float) -> Any:
+    logger = get_run_logger()
+    vendor = job.destination.vendor
     priors = ledger.load()
+    limit = pipeline.limit
     summary.total = pipeline.count_rows() if limit is None else limit
     logger.info("%s: %d rows to consider, %d already in the ledger at %s",
                 job.name, summary.total, len(priors), ledger.url)
@@ -244,7 +339,7 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
                 batches.report()
         batches.drain()
         has_finish = type(connector).finish is not BaseConnector.finish
-        if has_finish and (not summary.stopped or batches.counts["loaded"]):
+        if has_finish:  # also after a stop: it may have loads to finish or a session to release
             try:
                 summary.finish = finish_load.with_options(
                     task_run_name=f"{job.name}-{vendor}-finish", retries=job.retries,
@@ -265,14 +360,37 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     if notes:
         summary.extra["notes"] = dict(notes)
         for what, n in notes.items():
-            logger.warning("%d rows: %s", n, what)
+            logger.warning("%s: %d rows", what, n)
     summary.rejects_file = rejects.url if rejects.count else None
     ledger.compact([summary.run_id])
     create_table_artifact(table=summary.table(), key=_key(job.name, vendor, "summary"),
                           description=f"{job.name} -> {vendor}: run {summary.run_id}")
+    if rejects.sample:
+        create_markdown_artifact(markdown=_rejects_markdown(summary, rejects.sample), key=_key(job.name, vendor, "rejects"),
+                                 description=f"{job.name} -> {vendor}: rejected and failed rows")
+    if summary.exit_code == 1:
+        logger.warning("%s -> %s finished with %d rejected, %d failed, %d pending rows%s", job.name, vendor,
+                       summary.rejected, summary.failed, summary.pending,
+                       f"; see {summary.rejects_file}" if summary.rejects_file else "")
     logger.info("%s -> %s: %d loaded, %d unchanged, %d rejected, %d failed, %d pending in %.1fs", job.name,
                 vendor, summary.loaded, summary.unchanged, summary.rejected, summary.failed, summary.pending,
                 summary.seconds)
     if summary.error:
         raise ConfigError(summary.error)
     return _final_state(summary)
+
+
+@flow(
+    name="sync-job",
+    flow_run_name=lambda: _run_name(),
+    task_runner=ThreadPoolTaskRunner(max_workers=32),
+    log_prints=False,
+)
+def sync_job(job_file: str, since: str | None = None, until: str | None = None,
+             limit: int | None = None) -> Any:
+    """The deployment entrypoint: the job is read from ``job_file`` when the run starts (a path
+    relative to the worker's working directory, an absolute path or any fsspec URL), so editing
+    the YAML changes the next run without redeploying. Relative paths inside the job resolve
+    against the job file's folder; ``env:`` references resolve in the worker's environment."""
+    job = load_job(job_file)
+    return sync_assets.fn(job, since=since, until=until, limit=limit)

@@ -13,6 +13,7 @@ from connectors.core.job import JobSpec
 from connectors.core.ledger import Ledger, LedgerEntry
 from connectors.core.loader import BatchResult, Loader
 from connectors.pipeline import make_connector, state_options, state_url
+from connectors.vendors.base import BaseConnector
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -50,5 +51,7 @@ def load_batch(job: JobSpec, batch: pd.DataFrame, priors: dict[str, LedgerEntry]
 def finish_load(job: JobSpec, run_id: str) -> dict[str, Any] | None:
     """The vendor's step after every batch (e.g. start an import job and poll it), if it has one."""
     connector = make_connector(job)
+    if isinstance(connector, BaseConnector):
+        connector.ledger = Ledger(state_url(job, connector), state_options(job))
     with connector.session() as http:
         return connector.finish(http, run_id)

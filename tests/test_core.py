@@ -37,7 +37,7 @@ def test_job_file_relative_paths_resolve_against_the_job_folder(tmp_path: Path) 
     job = load_job(write_job(tmp_path, good_job()))
     assert job.source.url == str(tmp_path / "manifest.csv")
     assert job.state == str(tmp_path / ".assetferry")
-    assert job.batch_size == 50
+    assert job.batch_size is None  # the vendor's default (VendorSpec.batch_size) applies
 
 
 def test_job_file_reports_every_error_with_file_and_key(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_storage_option_secrets_must_be_references_and_resolve_at_the_edge(
 
 def test_unbuilt_vendor_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
     data = good_job()
-    data["destination"]["vendor"] = "wordbee"
+    data["destination"]["vendor"] = "nosuchvendor"
     with pytest.raises(ConfigError, match="not available in this version"):
         load_job(write_job(tmp_path, data))
     bad = tmp_path / "bad.yaml"

@@ -12,6 +12,20 @@ import fsspec
 import pandas as pd
 
 
+def display_url(url: str) -> str:
+    """A file URL fit for messages and rejects: no user:password@, no query string or fragment
+    (a presigned URL's signature lives there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def resolve_paths(files: pd.Series, sources: pd.Series) -> pd.Series:
     """Relative file paths are taken relative to the folder of the manifest that names them
     (``images/a.png`` in ``s3://b/m/list.csv`` is ``s3://b/m/images/a.png``). Vectorised."""
@@ -53,7 +67,9 @@ class FileStore:
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         fs = self._fs.get(protocol)
         if fs is None:
-            opts = {} if protocol == "file" else self.options
+            # The job's storage options are for its object store (the manifest's, e.g. s3 keys and
+            # endpoint); a local or http(s) file in the same manifest takes none of them.
+            opts = {} if protocol in ("file", "local", "http", "https") else self.options
             fs = self._fs[protocol] = fsspec.filesystem(protocol, **opts)
             fs.invalidate_cache()  # shared instance: never trust another run's cached listings
         path = url if protocol in ("http", "https") else fs._strip_protocol(url)

@@ -124,8 +124,10 @@ class TokenAuth(VendorAuth):
         self._fetch, self._release = fetch, release
         self._static = [s for s in static if s]
         self._headers: dict[str, str] | None = None
+        self._last: dict[str, str] | None = None  # the latest token, even once released
         self._issued: list[str] = []
         self._lock = threading.Lock()
+        self._sent = threading.local()
         self.fetched = 0
 
     def secrets(self) -> list[str]:
@@ -133,16 +135,23 @@ class TokenAuth(VendorAuth):
 
     def ensure(self, client: httpx.Client) -> dict[str, str]:
         with self._lock:
-            if self._headers is None:
-                self._headers = self._fetch(client)
-                self.fetched += 1
-                self._issued += [v for v in self._headers.values() if len(v) >= 6]
-            return self._headers
+            return self._ensure_locked(client)
+
+    def _ensure_locked(self, client: httpx.Client) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = self._last = self._fetch(client)
+            self.fetched += 1
+            self._issued += [v for v in self._headers.values() if len(v) >= 6]
+        return self._headers
 
     def refresh(self, client: httpx.Client) -> None:
-        with self._lock:
-            self._headers = None
-        self.ensure(client)
+        with self._lock:  # drop and fetch in one step: no thread ever sees no token
+            # Drop the token only if it is still the one this thread's refused request carried:
+            # when several threads hear "expired" at once, one new token serves them all.
+            sent = getattr(self._sent, "headers", None)
+            if sent is None or self._headers is sent:
+                self._headers = None
+            self._ensure_locked(client)
 
     def close(self, client: httpx.Client) -> None:
         with self._lock:
@@ -154,9 +163,31 @@ class TokenAuth(VendorAuth):
                 log.warning("could not release the session token (it expires on its own)")
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        assert self._headers is not None, "call ensure() before sending"
-        request.headers.update(self._headers)
+        # A token released meanwhile (another run's finish) is still sent: the vendor refuses it
+        # and the caller re-authenticates, instead of this thread failing.
+        headers = self._headers if self._headers is not None else self._last
+        assert headers is not None, "call ensure() before sending"
+        self._sent.headers = headers  # what this thread sent, for ``refresh``
+        request.headers.update(headers)
         yield request
+
+
+_AUTHS: dict[str, VendorAuth] = {}
+_AUTHS_LOCK = threading.Lock()
+
+
+def shared_auth(key: str, factory: Callable[[], VendorAuth]) -> VendorAuth:
+    """One auth object per credential per process, like ``ratelimit.shared_limiter``: a connector
+    is rebuilt for every batch task, but a session token is fetched once and shared by every
+    batch of a run (and later runs in the same process), refreshed when the vendor says it
+    expired, and released by the connector's ``finish`` step (``close``; the next use fetches a
+    new one). ``key`` names the credential without containing it (e.g. URL + account + a hash of
+    the key)."""
+    with _AUTHS_LOCK:
+        auth = _AUTHS.get(key)
+        if auth is None:
+            auth = _AUTHS[key] = factory()
+        return auth
 
 
 @dataclass(frozen=True)
@@ -225,6 +256,7 @@ class VendorHTTP:
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
             follow_redirects=False,
+            verify=_ssl_context(),
         )
         self.auth = auth
         self.limiter: Limiter = limiter or SlidingWindowLimiter([])
@@ -356,6 +388,18 @@ class VendorHTTP:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SSL: Any = None
+
+
+def _ssl_context() -> Any:
+    """One default SSL context per process: building one per client costs milliseconds of CPU
+    (certificate store loading), which one client per batch multiplied."""
+    global _SSL
+    if _SSL is None:
+        _SSL = httpx.create_ssl_context()
+    return _SSL
 
 
 def _unsure(message: str, **kw: Any) -> TransientError:

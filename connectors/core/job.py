@@ -73,11 +73,15 @@ class JobSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     source: SourceSpec
     destination: DestinationSpec
-    batch_size: int = Field(default=50, ge=1, le=1000)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=5000,
+        description="rows per Prefect task run; default: the vendor's (50, or its request size for batch APIs)")
     concurrency: int = Field(default=2, ge=1, le=32, description="batches loaded at once")
     state: str = Field(default=".assetferry/", description="where the ledger and rejects live")
     retries: int = Field(default=2, ge=0, le=10, description="Prefect retries of a failed batch")
     retry_delay_seconds: float = Field(default=30.0, ge=0)
+    lock_wait_seconds: float = Field(
+        default=0.0, ge=0, description="how long a run waits for another run of this job to finish")
 
 
 def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list[str]:
@@ -126,19 +130,32 @@ def parse_job(data: Any, *, where: str = "<job>") -> JobSpec:
 
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a YAML job file. Raises ConfigError naming the file and every bad key."""
-    p = Path(path)
+    text_path = str(path)
+    if "://" in text_path and not text_path.startswith("file://"):
+        import fsspec  # a job file on S3 or HTTP (deployments); relative paths stay as written
+
+        try:
+            with fsspec.open(text_path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{text_path}: cannot read job file ({type(exc).__name__})") from None
+        return parse_job(_yaml(text, text_path), where=text_path)
+    p = Path(text_path.removeprefix("file://"))
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read job file ({exc.strerror})") from None
+    job = parse_job(_yaml(text, str(p)), where=str(p))
+    return relative_to(job, p.resolve().parent)
+
+
+def _yaml(text: str, where: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{p}: not valid YAML{at}") from None
-    job = parse_job(data, where=str(p))
-    return relative_to(job, p.resolve().parent)
+        raise ConfigError(f"{where}: not valid YAML{at}") from None
 
 
 def _is_local(url: str) -> bool:

@@ -450,6 +450,9 @@ class JournalWriter:
         self.close()
 
 
+SAMPLE_ROWS = 20
+
+
 class RejectsWriter:
     """The run's rejects CSV (``source,row,id,field,reason,record``), written as rows arrive.
 
@@ -462,6 +465,7 @@ class RejectsWriter:
         self.columns = list(columns)
         self.fs, self.path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.count = 0
+        self.sample: list[dict[str, Any]] = []  # the first rows, for the UI
         self._remote_buffer: io.StringIO | None = None
         self._file: Any = None
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
@@ -479,6 +483,9 @@ class RejectsWriter:
             self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
         target = self._file if self._file is not None else self._remote_buffer
         frame.to_csv(target, columns=self.columns, header=self.count == 0, index=False, quoting=csv.QUOTE_MINIMAL)
+        if len(self.sample) < SAMPLE_ROWS:
+            keep = [c for c in ("source", "row", "id", "field", "reason") if c in frame.columns]
+            self.sample += frame[keep].head(SAMPLE_ROWS - len(self.sample)).to_dict("records")
         if self._file is not None:
             self._file.flush()
         self.count += len(frame)

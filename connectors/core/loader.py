@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
+from connectors.core.files import display_url
 from connectors.core.ledger import INTENT, JournalWriter, LedgerEntry, entry
 from connectors.vendors.base import Connector, Outcome, Result, Row, Unit
 
@@ -28,6 +29,7 @@ log = logging.getLogger("assetferry.loader")
 
 STREAK_LIMIT = 3  # consecutive transient unit failures: the vendor looks down
 SPLIT_BUDGET = 32  # extra requests spent isolating bad rows in one unit without per-row errors
+RECHECK_LIMIT = 3  # lookups + resends of one non-idempotent unit whose send failed (maybe applied)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)
     bytes_sent: int = 0
     requests: int = 0
+    throttled: int = 0  # 429 answers seen (waited out)
     quota: str | None = None  # the vendor's allowance is spent: stop, the rest is pending
     resets_at: str | None = None
 
@@ -53,6 +56,7 @@ class BatchResult:
         self.outcomes += other.outcomes
         self.bytes_sent += other.bytes_sent
         self.requests += other.requests
+        self.throttled += other.throttled
         self.quota = self.quota or other.quota
         self.resets_at = self.resets_at or other.resets_at
 
@@ -90,11 +94,12 @@ class Loader:
     """Runs one connector's batches (see the module docstring)."""
 
     def __init__(self, connector: Connector, *, streak_limit: int = STREAK_LIMIT,
-                 split_budget: int = SPLIT_BUDGET) -> None:
+                 split_budget: int = SPLIT_BUDGET, recheck_limit: int = RECHECK_LIMIT) -> None:
         self.connector = connector
         self.spec = connector.spec
         self.streak_limit = streak_limit
         self.split_budget = split_budget
+        self.recheck_limit = recheck_limit
 
     # -- deciding -----------------------------------------------------------------------
     def rows(self, frame: pd.DataFrame, priors: dict[str, LedgerEntry],
@@ -111,7 +116,7 @@ class Loader:
             prior = priors.get(rid)
             if info is not None:
                 if info.error:
-                    decided.append((index, Outcome(rid, "rejected", reason=f"{info.error}: {data['file']}",
+                    decided.append((index, Outcome(rid, "rejected", reason=f"{info.error}: {display_url(str(data['file']))}",
                                                    field="file")))
                     continue
                 problem = self.connector.check(data, info)
@@ -192,6 +197,7 @@ class Loader:
                 self._send_all(http, self.units(rows), journalist, result)
             finally:
                 result.requests += http.requests_sent
+                result.throttled += http.throttled
         return result
 
     def _reconcile(self, http: Any, rows: list[Row], journalist: _Journalist) -> None:
@@ -255,9 +261,11 @@ class Loader:
             except AuthError:
                 raise
             except TransientError as exc:
-                if not self.spec.idempotent and not unit.rechecked and self._recheck(http, unit, journalist):
+                if (not self.spec.idempotent and unit.rechecks < self.recheck_limit
+                        and self._recheck(http, unit, journalist)):
+                    # A blip can hit the resend too: look up and resend a few times, never blindly.
                     queue.appendleft(Unit(unit.rows, key=unit.key, depth=unit.depth, origin=unit.origin,
-                                          rechecked=True))
+                                          rechecked=True, rechecks=unit.rechecks + 1))
                     continue
                 streak += 1
                 for row in unit.rows:

@@ -395,3 +395,34 @@ def _json_records(frame: pd.DataFrame) -> list[str]:
     )
     # ujson escapes every "/" as "\/"; any "\" right before "/" is that escape, so this is exact.
     return text.replace("\\/", "/").rstrip("\n").split("\n")
+
+
+class RowProblems:
+    """The first problem of each row of a frame, for a vendor's vectorised ``prepare`` checks.
+
+    ``flag(problem, field, why)`` records ``field`` and ``why`` (a string or a Series on the
+    frame's index) for the rows where ``problem`` is True and no earlier problem was flagged;
+    ``bad`` is the mask of flagged rows; ``split(frame)`` returns (good rows with a fresh index,
+    rejects in ``REJECT_COLUMNS``).
+    """
+
+    def __init__(self, index: pd.Index) -> None:
+        self.field = pd.Series(pd.NA, index=index, dtype=object)
+        self.reason = pd.Series(pd.NA, index=index, dtype=object)
+
+    def flag(self, problem: pd.Series, field: str, why: str | pd.Series) -> None:
+        hit = problem.fillna(False).astype(bool) & self.field.isna()
+        if not hit.any():
+            return
+        self.field[hit] = field
+        self.reason[hit] = why if isinstance(why, str) else why[hit]
+
+    @property
+    def bad(self) -> pd.Series:
+        return self.field.notna()
+
+    def split(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        bad = self.bad
+        rejects = (rejects_frame(frame[bad], field=self.field[bad], reason=self.reason[bad]) if bad.any()
+                   else rejects_frame(frame.iloc[0:0], field="", reason=""))
+        return frame[~bad].reset_index(drop=True), rejects

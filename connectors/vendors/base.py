@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.core.files import FileInfo, FileStore
 from connectors.core.http import RetryPolicy, Verdict, VendorAuth, VendorHTTP
-from connectors.core.ledger import LedgerEntry
+from connectors.core.ledger import Ledger, LedgerEntry
 from connectors.core.ratelimit import Window, shared_limiter
 
 OutcomeStatus = Literal["loaded", "unchanged", "rejected", "failed", "pending"]
@@ -73,6 +73,7 @@ class VendorSpec:
     rate_limits: dict[str, int] = field(default_factory=dict)
     done_statuses: tuple[str, ...] = ("loaded",)
     summary: str = ""
+    batch_size: int = 50  # rows per Prefect task when the job does not say (a batch API: its request size)
 
     @property
     def files(self) -> bool:
@@ -119,6 +120,7 @@ class Unit:
     depth: int = 0  # how many times the loader split it to isolate a bad row
     origin: int | None = None  # the unit it was split from (bounds the splitting)
     rechecked: bool = False  # already looked up after a failed non-idempotent send
+    rechecks: int = 0  # how many times it was looked up after a failed non-idempotent send
 
 
 @dataclass
@@ -200,6 +202,9 @@ class BaseConnector:
     from ``auth()`` and the rate settings, and no-op ``check``/``classify``/``finish``."""
 
     spec: ClassVar[VendorSpec]
+    #: The job's ledger while ``finish`` runs (set by the finish task; None elsewhere), so a
+    #: finish step can read the rows waiting for it and journal what became of them.
+    ledger: Ledger | None = None
 
     def __init__(
         self,
