@@ -337,6 +337,45 @@ def test_poisoned_asset_id_fails_the_whole_batch_without_an_index(box: Box) -> N
     assert box.control("POST", "poison", json={"asset_ids": "bad"}).status_code == 400
 
 
+def test_refused_asset_ids_fail_with_their_index(box: Box) -> None:
+    assert box.control("POST", "refuse", json={"asset_ids": ["no1", "no2"]}).json() == {"asset_ids": ["no1", "no2"]}
+    errors = detail(box.post({"asset_id": "ok0"}, {"asset_id": "no1"}, {"asset_id": "ok2"}, {"asset_id": "no2"}))
+    assert [(e["loc"], e["type"], e["msg"]) for e in errors] == [
+        (["body", "assets", 1, "asset_id"], "value_error", "Value error, asset_id is not accepted"),
+        (["body", "assets", 3, "asset_id"], "value_error", "Value error, asset_id is not accepted"),
+    ]
+    assert box.records() == []  # one bad asset refuses the whole request
+    assert box.post({"asset_id": "ok0"}, {"asset_id": "ok2"}).status_code == 200
+    # a field limit on another asset is reported with it, in index order
+    errors = detail(box.post({"asset_id": "z" * 65}, {"asset_id": "no2"}))
+    assert [e["loc"] for e in errors] == [["body", "assets", 0, "asset_id"], ["body", "assets", 1, "asset_id"]]
+    box.control("POST", "refuse", json={"asset_ids": []})
+    assert box.post({"asset_id": "no1"}).status_code == 200
+    assert box.control("POST", "refuse", json={"asset_ids": "no1"}).status_code == 400
+
+
+def test_demo_job_is_a_valid_job_for_the_demo_manifest(tmp_path: Any) -> None:
+    import csv
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    import yaml
+
+    from sandbox import actionhub
+
+    demo_dir = Path(actionhub.__file__).parent / "demo"
+    with ExitStack() as stack:
+        job, env = actionhub.demo_job("http://127.0.0.1:1", demo_dir, stack)
+    assert env == {"ASSETFERRY_DEMO_ACTIONHUB_KEY": DEMO_API_KEY}
+    assert job["destination"]["credentials"] == {"api_key": "env:ASSETFERRY_DEMO_ACTIONHUB_KEY"}
+    assert DEMO_API_KEY not in yaml.safe_dump(job)
+    with open(job["source"]["url"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36 and len({r["id"] for r in rows}) == 36
+    assert {r["parent"] for r in rows} == {"", DEMO_OTHER_PROGRAM_ID}
+    assert sum(len(r["title"]) > 124 for r in rows) == 1  # shows truncate_names
+
+
 # ---- GET /assets ------------------------------------------------------------------------------
 
 
@@ -465,10 +504,11 @@ def test_seeded_assets_exist_with_zero_writes(box: Box) -> None:
     assert box.control("POST", "assets", json={"program_id": "p", "assets": [{}]}).status_code == 400
 
 
-def test_reset_clears_state_counters_faults_and_poison(box: Box) -> None:
+def test_reset_clears_state_counters_faults_poison_and_refusals(box: Box) -> None:
     box.post({"asset_id": "a"})
     box.control("POST", "faults", json={"status": 502})
     box.control("POST", "poison", json={"asset_ids": ["b"]})
+    box.control("POST", "refuse", json={"asset_ids": ["c"]})
     box.control("POST", "limits", json={"max_assets": 1})
     snapshot = box.control("POST", "reset").json()
     assert snapshot == {
