@@ -455,6 +455,36 @@ async def _params(request: Request) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+DEMO_CATALOG_PROJECT_ID = "DEMOcatalogProject02"  # the demo manifest's second project (its `parent`)
+
+
+def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """For ``assetferry demo mediapocket``: the job's source and destination against this simulator
+    at ``root`` (``sandbox/demo/mediapocket.csv``: the 36 bundled images, a third of them in a
+    second project that is created here), and the environment variables it reads.
+
+    Media Pocket fetches files by URL, so the demo's local files are staged into a temporary folder
+    served over HTTP by a helper server (``staging`` + ``public_base_url``), like a bucket behind a
+    CDN; both live until ``stack`` closes."""
+    import tempfile
+
+    from starlette.staticfiles import StaticFiles
+
+    from sandbox.server import running  # here: sandbox.server imports this module
+
+    staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-demo-staging-"))
+    files_root = stack.enter_context(running(StaticFiles(directory=staging)))
+    httpx.post(f"{root}/_sandbox/projects", json={"id": DEMO_CATALOG_PROJECT_ID}, timeout=10).raise_for_status()
+    job = {
+        "source": {"url": str(demo_dir / "mediapocket.csv")},
+        "destination": {"vendor": "mediapocket", "url": f"{root}{BASE_PATH}",
+                        "credentials": {"api_key": "env:ASSETFERRY_DEMO_KEY"},
+                        "settings": {"project_id": DEMO_PROJECT_ID, "staging": f"file://{staging}/",
+                                     "public_base_url": files_root, "requests_per_second": 50}},
+    }
+    return job, {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
+
+
 def create_app(
     *,
     api_keys: dict[str, str] | None = None,

@@ -487,3 +487,27 @@ def test_banner_names_base_url_and_demo_values(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(server.SIMULATORS, "mediapocket", mediapocket.create_app)  # registering is the lead's job
     line = banner("mediapocket", "http://127.0.0.1:8799")
     assert "base_url=http://127.0.0.1:8799/api/v2" in line and DEMO_API_KEY in line and DEMO_PROJECT_ID in line
+
+
+def test_demo_job_creates_the_second_project_and_serves_staged_files(box: Box) -> None:
+    import csv
+    from pathlib import Path
+
+    from sandbox.mediapocket import DEMO_CATALOG_PROJECT_ID, demo_job
+
+    demo_dir = Path(__file__).resolve().parent.parent / "sandbox" / "demo"
+    with ExitStack() as stack:
+        job, env = demo_job(box.root, demo_dir, stack)
+        settings = job["destination"]["settings"]
+        assert env == {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
+        assert job["destination"]["url"] == f"{box.root}/api/v2"
+        assert set(box.control("GET", "records").json()["projects"]) == {DEMO_PROJECT_ID, DEMO_CATALOG_PROJECT_ID}
+        staging = Path(settings["staging"].removeprefix("file://"))
+        (staging / "fp").mkdir()
+        (staging / "fp" / "a.png").write_bytes(b"staged")
+        assert httpx.get(f"{settings['public_base_url']}/fp/a.png").content == b"staged"  # what the vendor fetches
+    assert not staging.exists()  # gone with the demo
+    with (demo_dir / "mediapocket.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36 and {r["parent"] for r in rows} == {"", DEMO_CATALOG_PROJECT_ID}
+    assert all((demo_dir / r["file"]).is_file() for r in rows)
