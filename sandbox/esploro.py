@@ -651,6 +651,30 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """For ``assetferry demo esploro``: the bundled manifest (36 images over the 3 demo assets,
+    rows of one asset scattered), local files staged to a temporary folder that a static file
+    server started here serves (Esploro fetches files by URL), and the env variables it reads."""
+    import tempfile
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from sandbox.server import running  # here: sandbox.server imports this module
+
+    stage = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-esploro-stage-"))
+    files_root = stack.enter_context(running(Starlette(routes=[Mount("/", StaticFiles(directory=stage))])))
+    job = {
+        "source": {"url": str(demo_dir / "esploro.csv")},
+        "destination": {"vendor": "esploro", "url": f"{root}{BASE_PATH}",
+                        "credentials": {"api_key": "env:ASSETFERRY_DEMO_KEY"},
+                        "settings": {"staging": f"file://{stage}", "public_base_url": files_root,
+                                     "job_poll_seconds": 0.5, "job_timeout_seconds": 120}},
+    }
+    return job, {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
+
+
 def create_app(
     *,
     api_keys: dict[str, str] | None = None,

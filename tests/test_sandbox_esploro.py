@@ -516,3 +516,25 @@ def test_reset_clears_everything_and_restores_demo_assets(box: Box) -> None:
     assert box.api.get(f"/esploro/v1/assets/{ASSETS[0]}").json()["records"][0]["temporary"] == {}
     assert_exl(box.api.get("/esploro/v1/assets/991777770561"), 400, "402203")
     assert box.control("GET", "records").json()["sets"] == []
+
+
+def test_demo_job_serves_its_staging_folder_and_names_the_demo_manifest() -> None:
+    import csv
+    from pathlib import Path
+
+    from sandbox import esploro
+
+    demo_dir = Path(esploro.__file__).parent / "demo"
+    with ExitStack() as stack:
+        job, env = esploro.demo_job("http://127.0.0.1:1", demo_dir, stack)
+        settings = job["destination"]["settings"]
+        stage = Path(settings["staging"].removeprefix("file://"))
+        (stage / "x.txt").write_bytes(b"hello")
+        assert httpx.get(f"{settings['public_base_url']}/x.txt").content == b"hello"  # what Esploro fetches
+    assert not stage.exists()  # removed with the demo
+    with open(job["source"]["url"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36 and {r["parent"] for r in rows} == set(ASSETS)
+    assert all((demo_dir / r["file"]).is_file() for r in rows)
+    assert env == {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
+    assert job["destination"]["credentials"]["api_key"] == "env:ASSETFERRY_DEMO_KEY"
