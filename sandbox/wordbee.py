@@ -1,5 +1,6 @@
 """Wordbee Translator API2 segment-asset simulator (auth token, media upload, assets), written from the vendor's public docs only."""
 
+import asyncio
 import hashlib
 import json
 import mimetypes
@@ -158,7 +159,7 @@ class _Asset:
 @dataclass
 class _Admission:
     account: str | None
-    fault: dict[str, Any] | None  # a "when": "after" fault to answer once the work is done
+    fault: dict[str, Any] | None  # an injected fault to answer before or after the work
 
 
 class _Simulator:
@@ -188,12 +189,18 @@ class _Simulator:
         self.hits: dict[str, deque[float]] = {}
         self.faults: list[dict[str, Any]] = []
         self.stats: dict[str, int] = dict.fromkeys(
-            ("requests", "accepted", "throttled", "auth_tokens_issued", "uploads", "bytes_uploaded",
-             "file_tokens_issued", "file_tokens_used", "attaches", "overwrites", "deleted"), 0)
+            ("requests", "accepted", "throttled", "auth_tokens_issued", "tokens_refused", "uploads",
+             "bytes_uploaded", "file_tokens_issued", "file_tokens_used", "attaches", "overwrites",
+             "deleted"), 0)
         self.by_route = dict.fromkeys(ROUTES, 0)
+        self.held = 0  # requests an injected fault with a "delay" is holding right now
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.stats, "assets": len(self.assets), "by_route": dict(self.by_route)}
+        """Counters; ``sessions``: auth tokens issued and neither released nor refused yet
+        (a token that only idled out still counts until it is presented); ``held``: requests
+        held by a fault's ``delay`` right now."""
+        return {**self.stats, "assets": len(self.assets), "sessions": len(self.sessions), "held": self.held,
+                "by_route": dict(self.by_route)}
 
     def now_iso(self) -> str:
         return _iso(_micros(self.clock()))
@@ -205,7 +212,9 @@ class _Simulator:
 
     def admit(self, request: Request, route: str, credentials: dict[str, Any] | None) -> _Admission:
         """auth: check accountid/key. Others: X-Auth-Token + X-Auth-AccountId, then the allowance
-        (auth calls are not counted, doc). Then faults. Raises WordbeeError when refused."""
+        (auth calls are not counted, doc). Then faults: a "before" fault is answered by the
+        endpoint (after its delay) and the call is not counted as accepted. Raises WordbeeError
+        when refused."""
         if route == "auth":
             account = self._check_key(credentials or {})
         else:
@@ -213,9 +222,8 @@ class _Simulator:
             if route != "logout":
                 self._throttle(account)
         fault = self._take_fault(route)
-        if fault is not None and fault["when"] == "before":
-            raise self.fault_error(fault)
-        self.stats["accepted"] += 1
+        if fault is None or fault["when"] != "before":
+            self.stats["accepted"] += 1
         return _Admission(account, fault)
 
     def _check_key(self, credentials: dict[str, Any]) -> str:
@@ -236,6 +244,7 @@ class _Simulator:
             del self.sessions[token]
             session = None
         if session is None or session.account != account:
+            self.stats["tokens_refused"] += 1
             raise _token_invalid()
         session.last_used = now
         return account
@@ -512,8 +521,23 @@ def _install_error_handlers(app: FastAPI, sim: _Simulator) -> None:
     app.add_exception_handler(Exception, server_error)
 
 
+async def _hold(sim: _Simulator, request: Request, seconds: float | None) -> None:
+    """A fault's ``delay``: keep the request open for ``seconds``, or until the client hangs up
+    (a test can then kill the client between two steps at a moment it chooses)."""
+    if not seconds:
+        return
+    sim.held += 1
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not await request.is_disconnected():
+            await asyncio.sleep(0.02)
+    finally:
+        sim.held -= 1
+
+
 def _endpoint(sim: _Simulator, route: str, work: Work) -> Callable[[Request], Awaitable[Response]]:
-    """Count, admit, run the vendor work; a pending "after" fault replaces the reply at the end."""
+    """Count, admit, run the vendor work. An injected "before" fault answers instead of the work;
+    an "after" fault replaces the reply once the work is done; either after its ``delay``."""
 
     async def endpoint(request: Request) -> Response:
         sim.stats["requests"] += 1
@@ -522,10 +546,15 @@ def _endpoint(sim: _Simulator, route: str, work: Work) -> Callable[[Request], Aw
         try:
             credentials = await _json_object(request) if route == "auth" else None
             admission = sim.admit(request, route, credentials)
+            fault = admission.fault
+            if fault is not None and fault["when"] == "before":
+                await _hold(sim, request, fault["delay"])
+                raise sim.fault_error(fault)
             response = await work(request, admission)
         except WordbeeError as exc:
             response = sim.error_response(exc)
-        if admission is not None and admission.fault is not None:
+        if admission is not None and admission.fault is not None and admission.fault["when"] == "after":
+            await _hold(sim, request, admission.fault["delay"])
             return sim.error_response(sim.fault_error(admission.fault))
         return response
 
@@ -561,7 +590,10 @@ def _add_vendor_routes(app: FastAPI, sim: _Simulator) -> None:
         body = await _read_capped(request, sim.limits["max_upload_bytes"] + 64 * 1024, too_large)
         part_name, data = _multipart_file(content_type, body)
         name = (request.query_params.get("filename") or part_name).strip()
-        _split_name(name)  # refuse an empty or unusable name now, not at attach time
+        _, base = _split_name(name)  # refuse an empty or unusable name now, not at attach time
+        if not re.fullmatch(r".+\.[^.\s]+", base):
+            # vendor notes (help.wordbee.com/api2/media-upload): the name must carry an extension
+            raise _invalid("filename", f"The file name '{base}' has no extension.")
         if len(data) > cap:
             raise too_large
         token = uuid.uuid4().hex  # doc example: "74fac397d6314cf4a2958f8318f3a9a4"
@@ -662,22 +694,25 @@ def _add_control_routes(app: FastAPI, sim: _Simulator) -> None:
     @app.post("/_sandbox/faults")
     async def faults(request: Request) -> Response:
         """{"status": 400-599, "count": n>=1, "retry_after": int|null, "route": null|<route>,
-        "when": "before"|"after", "body": optional JSON}: the next n matching admitted vendor calls
-        answer `status` (before: nothing done; after: done, then the error)."""
+        "when": "before"|"after", "body": optional JSON, "delay": seconds|null}: the next n
+        matching admitted vendor calls answer `status` (before: nothing done; after: done, then
+        the error), after holding the request `delay` seconds or until the client disconnects."""
         try:
             body = await _json_object(request)
         except WordbeeError as exc:
             return sim.error_response(exc)
         status, count, retry_after = body.get("status"), body.get("count", 1), body.get("retry_after")
-        route, when = body.get("route"), body.get("when", "before")
+        route, when, delay = body.get("route"), body.get("when", "before"), body.get("delay")
         if not (_positive_int(status) and 400 <= status <= 599 and _positive_int(count)):
             return refuse("'status' must be an int 400-599 and 'count' an int >= 1.")
         if not (retry_after is None or (isinstance(retry_after, int) and retry_after >= 0)):
             return refuse("'retry_after' must be null or an int >= 0.")
         if route not in (None, *ROUTES) or when not in ("before", "after"):
             return refuse(f"'route' must be null or one of {list(ROUTES)}; 'when' 'before' or 'after'.")
+        if not (delay is None or (isinstance(delay, int | float) and not isinstance(delay, bool) and 0 <= delay <= 600)):
+            return refuse("'delay' must be null or a number of seconds 0-600.")
         sim.faults.append({"status": status, "count": count, "retry_after": retry_after, "route": route,
-                           "when": when, "body": body.get("body")})
+                           "when": when, "body": body.get("body"), "delay": delay})
         return JSONResponse({"faults": sim.faults})
 
     @app.post("/_sandbox/limits")
@@ -712,3 +747,17 @@ def _add_control_routes(app: FastAPI, sim: _Simulator) -> None:
             return JSONResponse(sim.add_segments(await _json_object(request)))
         except WordbeeError as exc:
             return sim.error_response(exc)
+
+
+def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """For ``assetferry demo wordbee``: the job's source and destination against this simulator
+    at ``root`` (36 bundled images attached to the three demo segments of project 7214, in en/de/fr
+    subfolders), and the environment variables holding the sandbox-only credentials."""
+    job = {
+        "source": {"url": str(demo_dir / "wordbee.csv")},
+        "destination": {"vendor": "wordbee", "url": f"{root}{BASE_PATH}",
+                        "credentials": {"account_id": "env:ASSETFERRY_DEMO_WORDBEE_ACCOUNT",
+                                        "api_key": "env:ASSETFERRY_DEMO_WORDBEE_KEY"},
+                        "settings": {"project_id": int(DEMO_PROJECT_ID)}},
+    }
+    return job, {"ASSETFERRY_DEMO_WORDBEE_ACCOUNT": DEMO_ACCOUNT_ID, "ASSETFERRY_DEMO_WORDBEE_KEY": DEMO_API_KEY}

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -514,3 +515,82 @@ def test_banner_names_base_url_and_demo_values(monkeypatch: pytest.MonkeyPatch) 
     line = banner("wordbee", "http://127.0.0.1:8799")
     assert "base_url=http://127.0.0.1:8799/api" in line
     assert f"account_id={DEMO_ACCOUNT_ID}" in line and f"api_key={DEMO_API_KEY}" in line and "scope=pr7214" in line
+
+
+# ---- additions: file name extension, held faults, session counters, demo ---------------------------
+
+
+def test_upload_file_name_needs_an_extension(box: Box) -> None:
+    auth = box.login()
+    for name in ("README", "archive.", ".png"):
+        r = box.api.post("media/upload", params={"filename": name}, files={"file": ("x.bin", b"1")}, headers=auth)
+        assert "'filename'" in assert_error(r)["reason"], name
+    assert upload(box, auth, b"1", "notes.v2.txt")
+    assert box.stats()["uploads"] == 1
+
+
+def test_session_counters_and_refused_tokens(box: Box) -> None:
+    auth, other = box.login(), box.login()
+    assert box.stats()["sessions"] == 2
+    box.api.delete("auth/token", headers=other)
+    assert_token_invalid(box.api.get(f"resources/assets/{SEG}/list", params={"scope": DEMO_SCOPE}, headers=other))
+    stats = box.stats()
+    assert (stats["sessions"], stats["tokens_refused"]) == (1, 1)
+    assert box.api.get(f"resources/assets/{SEG}/list", params={"scope": DEMO_SCOPE}, headers=auth).status_code == 200
+
+
+def test_a_delayed_fault_holds_the_request_until_the_client_hangs_up(box: Box) -> None:
+    import json
+    import socket
+
+    auth = box.login()
+    token = upload(box, auth, b"abc", "a.png")
+    fault = {"status": 503, "count": 1, "route": "attach", "when": "after", "delay": 30}
+    assert box.control("POST", "faults", json=fault).status_code == 200
+    host, port = urlsplit(box.root).hostname, urlsplit(box.root).port
+    body = json.dumps({"filetoken": token}).encode()
+    head = (f"POST /api/resources/assets/{SEG}?scope={DEMO_SCOPE} HTTP/1.1\r\nHost: {host}\r\n"
+            f"X-Auth-Token: {auth['X-Auth-Token']}\r\nX-Auth-AccountId: {auth['X-Auth-AccountId']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.create_connection((host, port))
+    sock.sendall(head + body)
+    deadline = time.monotonic() + 10
+    while box.stats()["held"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert len(box.records()) == 1  # "after": stored; the reply is what is held
+    sock.close()  # the client goes away (as a killed process does)
+    deadline = time.monotonic() + 10
+    while box.stats()["held"]:
+        assert time.monotonic() < deadline, "the hold did not end when the client hung up"
+        time.sleep(0.02)
+    for bad in ({"status": 500, "delay": -1}, {"status": 500, "delay": "1"}, {"status": 500, "delay": 601}):
+        assert_error(box.control("POST", "faults", json=bad))
+
+
+def test_a_short_delay_then_the_fault(box: Box) -> None:
+    auth = box.login()
+    box.control("POST", "faults", json={"status": 502, "count": 1, "route": "list", "delay": 0.2})
+    started = time.monotonic()
+    r = box.api.get(f"resources/assets/{SEG}/list", params={"scope": DEMO_SCOPE}, headers=auth)
+    assert r.status_code == 502 and time.monotonic() - started >= 0.2
+    assert box.stats()["accepted"] == 1  # the login only: a "before" fault is not admitted
+
+
+def test_demo_job_points_at_this_simulator_and_its_manifest_rows_fit(tmp_path: Any) -> None:
+    import csv
+    from pathlib import Path
+
+    from sandbox.wordbee import demo_job
+
+    demo_dir = Path(__file__).resolve().parent.parent / "sandbox" / "demo"
+    job, env = demo_job("http://127.0.0.1:9", demo_dir, None)
+    destination = job["destination"]
+    assert destination["url"] == "http://127.0.0.1:9/api" and destination["settings"] == {"project_id": PROJECT}
+    assert {v.removeprefix("env:") for v in destination["credentials"].values()} == set(env)
+    assert set(env.values()) == {DEMO_ACCOUNT_ID, DEMO_API_KEY}
+    with open(job["source"]["url"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36 and len({r["id"] for r in rows}) == 36
+    assert {r["parent"] for r in rows} == set(DEMO_SEGMENT_IDS.split(","))
+    assert all((demo_dir / r["file"]).is_file() for r in rows)
