@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 #: vendor name -> "module:SPEC". Adding a vendor: one connector module, one simulator, one line here.
 REGISTRY: dict[str, str] = {
     "kontent": "connectors.vendors.kontent:SPEC",
-    # "esploro": "connectors.vendors.esploro:SPEC",
-    # "mediapocket": "connectors.vendors.mediapocket:SPEC",
-    # "actionhub": "connectors.vendors.actionhub:SPEC",
-    # "wordbee": "connectors.vendors.wordbee:SPEC",
+    "esploro": "connectors.vendors.esploro:SPEC",
+    "mediapocket": "connectors.vendors.mediapocket:SPEC",
+    "actionhub": "connectors.vendors.actionhub:SPEC",
+    "wordbee": "connectors.vendors.wordbee:SPEC",
 }
 #: Vendors this project plans; those not in REGISTRY yet are "planned, not built".
 KNOWN: tuple[str, ...] = ("kontent", "esploro", "mediapocket", "actionhub", "wordbee")
