@@ -47,9 +47,10 @@ def state_url(job: JobSpec, connector: Connector) -> str:
 @dataclass
 class Counts:
     read: int = 0
-    outside_window: int = 0
+    outside_window: int = 0  # outside --since/--until, or before the incremental watermark
     rejected: int = 0
     ready: int = 0
+    newest: pd.Timestamp | None = None  # the latest updated_at read (the next watermark)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Pipeline:
     limit: int | None = None
     chunk_rows: int = 10_000
     counts: Counts = field(default_factory=Counts)
+    watermark: pd.Timestamp | None = None  # incremental: skip rows updated before it (rows without updated_at stay)
 
     def __post_init__(self) -> None:
         self.window = parse_window(self.since, self.until)
@@ -88,10 +90,17 @@ class Pipeline:
             good, rejects = canonicalize(chunk, tracker, spec.required_columns)
             if spec.files and len(good):
                 good["file"] = resolve_paths(good["file"], good["_source"])
+            if len(good) and good["updated_at"].notna().any():
+                newest = good["updated_at"].max()
+                self.counts.newest = newest if self.counts.newest is None else max(self.counts.newest, newest)
             if self.window != (None, None):
                 inside = in_window(good, *self.window)
                 self.counts.outside_window += int((~inside).sum())
                 good = good[inside].reset_index(drop=True)
+            if self.watermark is not None:
+                fresh = (good["updated_at"].isna() | (good["updated_at"] >= self.watermark)).astype(bool)
+                self.counts.outside_window += int((~fresh).sum())
+                good = good[fresh].reset_index(drop=True)
             ready, vendor_rejects = self.connector.prepare(good)
             rejects = pd.concat([rejects, vendor_rejects], ignore_index=True) if len(vendor_rejects) else rejects
             if self.limit is not None:

@@ -55,7 +55,8 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None) -> dict[str, Any]:
+def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
+              full_refresh: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows import sync
@@ -72,16 +73,19 @@ def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None)
 
         sync.PROGRESS_HOOKS.append(hook)
         try:
-            return sync.sync_assets(job, since=since, until=until, limit=limit)
+            return sync.sync_assets(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
         finally:
             sync.PROGRESS_HOOKS.remove(hook)
 
 
 def _preview(job: Any, since: str | None, until: str | None, limit: int | None, *,
-             use_ledger: bool, out: Path | None, sample: int) -> int:
+             use_ledger: bool, out: Path | None, sample: int, title: str = "dry run (nothing sent)",
+             full_refresh: bool = False, output: str = "table") -> int:
     """validate / --dry-run: extract, transform and plan every request, sending nothing. The
     actions are the vendor's own (``upload+upsert``, ``create``, ``link``...), counted per row."""
     from collections import Counter
+
+    import pandas as pd
 
     from connectors.core.loader import Loader
     from connectors.pipeline import Pipeline, make_connector
@@ -89,7 +93,11 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     connector = make_connector(job, credentials={})
     loader = Loader(connector)
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
-    priors = pipeline.ledger().load() if use_ledger else {}
+    ledger = pipeline.ledger()
+    priors = ledger.load() if use_ledger else {}
+    if use_ledger and not full_refresh and since is None and until is None:
+        mark = ledger.watermark()  # what an incremental run would skip
+        pipeline.watermark = pd.Timestamp(mark) if mark else None
     counts: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []
     shown = 0
@@ -114,15 +122,21 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
                 data = item.to_dict()
                 if sink:
                     sink.write(json.dumps(data, default=str) + "\n")
-                if item.requests and shown < sample:
+                if item.requests and shown < sample and output == "table":
                     console.print_json(json.dumps(data, default=str))
                     shown += 1
     finally:
         if sink:
             sink.close()
     actions = sorted(a for a in counts if a not in ("reject", "unchanged"))
-    table = Table(title=f"{job.name} -> {job.destination.vendor}: "
-                        f"{'dry run (nothing sent)' if use_ledger else 'validation'}")
+    if output == "json":
+        console.print_json(json.dumps({
+            "job": job.name, "vendor": job.destination.vendor, "mode": title, "rows_read": pipeline.counts.read,
+            "would": {a: counts[a] for a in actions}, "unchanged": counts["unchanged"], "rejected": len(rejects),
+            "outside_window": pipeline.counts.outside_window, "watermark": str(pipeline.watermark or "") or None,
+            "rejects": rejects[:100], "plan_file": str(out) if out else None}, default=str))
+        return 1 if rejects else 0
+    table = Table(title=f"{job.name} -> {job.destination.vendor}: {title}")
     columns = ["rows read", *(f"would {a}" for a in actions), "unchanged", "rejected", "outside window"]
     for col in columns:
         table.add_column(col, justify="right")
@@ -152,16 +166,26 @@ def run(
     limit: Optional[int] = typer.Option(None, min=1, help="load at most N records"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show every request that would be sent; send nothing"),
     plan: Optional[Path] = typer.Option(None, help="with --dry-run: write the full plan (JSON lines) here"),
+    full_refresh: bool = typer.Option(False, "--full-refresh",
+                                      help="consider every row, not only those updated since the last complete run"),
     output: str = typer.Option("table", help="table | json"),
 ) -> None:
-    """Load a job's records into its vendor. Exit 0 all loaded, 1 rows rejected/failed, 2 config error."""
+    """Load a job's records into its vendor. Exit 0 all loaded, 1 rows rejected/failed, 2 config error.
+
+    Incremental: rows whose updated_at is older than the last complete run's newest are skipped
+    (rows without updated_at are always considered); --full-refresh considers every row."""
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
+    if plan is not None and not dry_run:
+        _fail("--plan writes the plan of a dry run: add --dry-run (nothing was sent)")
     try:
         from connectors.core.job import load_job
 
         job = load_job(job_file)
         if dry_run:
-            raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3))
-        summary = _run_flow(job, since, until, limit)
+            raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3,
+                                      full_refresh=full_refresh, output=output))
+        summary = _run_flow(job, since, until, limit, full_refresh)
     except AssetferryError as exc:
         _fail(str(exc))
     if output == "json":
@@ -183,13 +207,18 @@ def validate(
     until: Optional[str] = typer.Option(None),
     limit: Optional[int] = typer.Option(None, min=1),
     sample: int = typer.Option(3, help="how many payloads to print"),
+    output: str = typer.Option("table", help="table | json"),
 ) -> None:
-    """Extract and transform only: counts, rejects and a sample of the payloads. Exit 1 if any row is rejected."""
+    """Extract and transform only: counts, rejects and a sample of the payloads; rows the ledger
+    already holds unchanged are counted as such. Exit 1 if any row is rejected."""
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
     try:
         from connectors.core.job import load_job
 
         job = load_job(job_file)
-        code = _preview(job, since, until, limit, use_ledger=False, out=None, sample=sample)
+        code = _preview(job, since, until, limit, use_ledger=True, out=None, sample=sample, title="validation",
+                        full_refresh=True, output=output)
     except AssetferryError as exc:
         _fail(str(exc))
     raise typer.Exit(code)

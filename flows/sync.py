@@ -60,6 +60,7 @@ class RunSummary:
     throttled: int = 0  # 429 answers seen (and waited out)
     since: str | None = None
     until: str | None = None
+    watermark: str | None = None  # incremental: rows updated before it were skipped
     finish: dict[str, Any] | None = None  # what the vendor's finish step reported
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. notes: {what prepare changed: rows}
 
@@ -76,7 +77,8 @@ class RunSummary:
         return 1 if (self.rejected or self.failed or self.pending) else 0
 
     def table(self) -> list[dict[str, Any]]:
-        window = f"{self.since or '-'} .. {self.until or '-'}" if (self.since or self.until) else "all rows"
+        window = (f"{self.since or '-'} .. {self.until or '-'}" if (self.since or self.until)
+                  else f"updated since {self.watermark}" if self.watermark else "all rows")
         rows = [("total", self.total), ("window", window), ("loaded", self.loaded), ("unchanged", self.unchanged),
                 ("rejected", self.rejected), ("failed", self.failed), ("pending", self.pending),
                 ("outside window", self.outside_window), ("requests", self.requests),
@@ -289,8 +291,12 @@ def _final_state(summary: RunSummary) -> State:
     validate_parameters=True,
 )
 def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None,
-                limit: int | None = None) -> Any:
+                limit: int | None = None, full_refresh: bool = False) -> Any:
     """Load every record of ``job.source`` into ``job.destination``; returns the summary dict.
+
+    Incremental: without ``since``/``until``, rows whose ``updated_at`` is older than the ledger's
+    watermark (the newest ``updated_at`` of the last complete run) are skipped (rows without
+    ``updated_at`` are always considered); ``full_refresh`` considers every row.
 
     Re-runs skip unchanged records (ledger); a killed run resumes without duplicates; rejected
     and failed rows go to ``<state>/<job>/<vendor>-<dest>/rejects.csv``. Returns the summary
@@ -311,16 +317,22 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     # lock_wait_seconds, then stops with a message naming the run that holds the lock.
     lock = RunLock(ledger.url, summary.run_id, state_options(job), wait_seconds=job.lock_wait_seconds).acquire()
     try:
-        return _sync(job, summary, connector, pipeline, ledger, started)
+        return _sync(job, summary, connector, pipeline, ledger, started, full_refresh)
     finally:
         lock.release()
 
 
 def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline, ledger: Ledger,
-          started: float) -> Any:
+          started: float, full_refresh: bool) -> Any:
     logger = get_run_logger()
     vendor = job.destination.vendor
     priors = ledger.load()
+    incremental = not full_refresh and pipeline.since is None and pipeline.until is None
+    mark = ledger.watermark() if incremental else None
+    if mark:
+        pipeline.watermark = pd.Timestamp(mark)
+        summary.watermark = mark
+        logger.info("incremental: rows updated before %s are skipped (--full-refresh considers all)", mark)
     limit = pipeline.limit
     summary.total = pipeline.count_rows() if limit is None else limit
     logger.info("%s: %d rows to consider, %d already in the ledger at %s",
@@ -363,6 +375,9 @@ def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline,
             logger.warning("%s: %d rows", what, n)
     summary.rejects_file = rejects.url if rejects.count else None
     ledger.compact([summary.run_id])
+    complete = not (summary.error or summary.stopped or summary.failed or summary.pending)
+    if incremental and limit is None and complete and pipeline.counts.newest is not None:
+        ledger.set_watermark(pipeline.counts.newest.isoformat(), summary.run_id)
     create_table_artifact(table=summary.table(), key=_key(job.name, vendor, "summary"),
                           description=f"{job.name} -> {vendor}: run {summary.run_id}")
     if rejects.sample:
@@ -387,10 +402,10 @@ def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline,
     log_prints=False,
 )
 def sync_job(job_file: str, since: str | None = None, until: str | None = None,
-             limit: int | None = None) -> Any:
+             limit: int | None = None, full_refresh: bool = False) -> Any:
     """The deployment entrypoint: the job is read from ``job_file`` when the run starts (a path
     relative to the worker's working directory, an absolute path or any fsspec URL), so editing
     the YAML changes the next run without redeploying. Relative paths inside the job resolve
     against the job file's folder; ``env:`` references resolve in the worker's environment."""
     job = load_job(job_file)
-    return sync_assets.fn(job, since=since, until=until, limit=limit)
+    return sync_assets.fn(job, since=since, until=until, limit=limit, full_refresh=full_refresh)

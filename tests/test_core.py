@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import yaml
 from connectors.core.credentials import resolve_credentials
 from connectors.core.errors import ConfigError
 from connectors.core.job import load_job
-from connectors.core.ledger import Ledger, RejectsWriter, entry
+from connectors.core.ledger import RejectsWriter
 from connectors.core.ratelimit import SlidingWindowLimiter, Window
 
 ENV = "8d20758c-d74c-4f59-ae04-ee928c0816b7"

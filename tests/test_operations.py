@@ -64,3 +64,45 @@ def test_run_names_carry_the_window() -> None:
     assert _window_label("2026-01-01T00:00:00+00:00", "2026-01-08T00:00:00+00:00") == \
         "2026-01-01T000000..2026-01-08T000000"
     assert _window_label(None, None) == ""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_runs_are_incremental_after_a_complete_run_and_full_refresh_considers_all(kontent: str,
+                                                                                  tmp_path: Path) -> None:
+    from connectors.core.job import load_job
+    from flows.sync import sync_assets
+
+    rows = kit.make_rows(tmp_path / "files", 6)
+    for i, r in enumerate(rows):
+        r["updated_at"] = f"2026-03-0{i + 1}T00:00:00Z"
+    rows[5]["updated_at"] = ""  # no updated_at: always considered
+    manifest = tmp_path / "m.csv"
+    job_file = kit.write_job(tmp_path / "job.yaml", kit.job_dict(str(kit.write_csv(manifest, rows)), kontent,
+                                                                 tmp_path / "state"))
+    kit.set_limits(kontent, 1000, 100_000)
+    job = load_job(job_file)
+    first = sync_assets(job)
+    assert first["loaded"] == 6 and first["watermark"] is None
+    rows.append({**kit.make_rows(tmp_path / "files", 1, start=50)[0], "updated_at": "2026-03-09T00:00:00Z"})
+    rows[0]["title"] = "changed but not re-dated"  # an incremental run cannot see this one
+    kit.write_csv(manifest, rows)
+    second = sync_assets(job)
+    assert second["watermark"].startswith("2026-03-05")  # the newest updated_at of the first run
+    assert (second["loaded"], second["unchanged"], second["outside_window"]) == (1, 2, 4), second
+    third = sync_assets(job, full_refresh=True)
+    assert (third["loaded"], third["unchanged"]) == (1, 6), third  # the re-titled row, found at last
+
+    # the dry run shows what the incremental run would do; validate and json output
+    dry = CliRunner().invoke(app, ["run", str(job_file), "--dry-run", "--output", "json"])
+    assert dry.exit_code == 0, dry.output
+    info = json.loads(dry.output)
+    assert info["watermark"] and info["outside_window"] == 5 and info["unchanged"] == 2
+    valid = json.loads(CliRunner().invoke(app, ["validate", str(job_file), "--output", "json"]).output)
+    assert valid["unchanged"] == 7 and valid["would"] == {}  # validate sees the ledger too
+
+
+def test_cli_refuses_options_that_only_make_sense_together(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "job.yaml", "--plan", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 2 and "add --dry-run" in result.output
+    result = CliRunner().invoke(app, ["run", "job.yaml", "--output", "yaml"])
+    assert result.exit_code == 2 and "invalid --output" in result.output

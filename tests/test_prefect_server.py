@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    # The UI is served too (checked in headless Chromium); a server on a non-default port needs
+    # its own API URL in its environment, or the UI it serves points at port 4200.
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1")
+               PREFECT_UI_ENABLED="true", PREFECT_API_URL=api_url, PREFECT_UI_API_URL=api_url,
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1")
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
@@ -48,6 +54,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(url: str) -> str:
+    """The page's DOM after its scripts ran, from Debian's headless Chromium (installed by .ci/run)."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed here (.ci/run installs it with apt-get)")
+    with tempfile.TemporaryDirectory(prefix="assetferry-chromium-") as profile:
+        out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    return out.stdout
 
 
 def test_run_against_a_server_shows_names_artifacts_and_no_secret(prefect_server: str, kontent: str,
@@ -124,6 +145,16 @@ def test_a_partial_run_is_told_apart_in_the_ui_with_reasons_and_connector_logs(
     messages = [(log["level"], log["name"], log["message"]) for log in logs]
     assert any(level == 30 and "1 rejected" in m for level, _, m in messages), messages
     assert any(name == "assetferry.http" and "429" in m for _, name, m in messages), messages
+
+    # What a user sees in the UI, rendered in headless Chromium: the run page shows the Partial
+    # state; the rejects artifact shows the refused row and its reason; the summary its counts.
+    ui = prefect_server.removesuffix("/api")
+    page = render(f"{ui}/runs/flow-run/{run['id']}")
+    assert "Partial" in page and "ui-partial-to-kontent" in page
+    page = render(f"{ui}/artifacts/artifact/{rejects['id']}")
+    assert rows[1]["id"] in page and "does not exist" in page
+    page = render(f"{ui}/artifacts/artifact/{artifacts['ui-partial-kontent-summary']['id']}")
+    assert "429s seen" in page and "rejects.csv" in page
 
 
 def test_a_deployment_schedule_creates_runs(prefect_server: str, tmp_path: Path) -> None:

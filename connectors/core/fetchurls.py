@@ -22,6 +22,7 @@ from urllib.parse import quote
 import fsspec
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from connectors.core.errors import ConfigError, RejectedError, TransientError
 from connectors.core.files import FileStore
@@ -277,3 +278,40 @@ def _segment(fingerprint: str) -> str:
 
 def _name(file: str) -> str:
     return posixpath.basename(LocalFileSystem._strip_protocol(file))
+
+
+class FetchableSettings(BaseModel):
+    """Settings fields for a vendor that fetches files by URL (mix into its settings model):
+    ``staging`` (where local files are copied), ``public_base_url`` (an http(s) URL serving a
+    non-S3 staging root), ``expires_seconds`` (presigned URL lifetime, SigV4 maximum 7 days) and
+    ``staging_options`` (fsspec options for staging; secrets only as env:/secret: references).
+    Unusable combinations are refused when the job is validated."""
+
+    staging: str | None = Field(default=None, description="fsspec URL local files are copied to for the vendor to fetch")
+    public_base_url: str | None = Field(default=None, description="http(s) URL serving the staging root")
+    expires_seconds: int = Field(default=MAX_EXPIRES_SECONDS, ge=1, le=MAX_EXPIRES_SECONDS)
+    staging_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec options for staging (default: source.options); secrets as env:/secret:")
+
+    @field_validator("staging_options")
+    @classmethod
+    def _references_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from connectors.core.credentials import literal_secrets
+
+        bad = literal_secrets(value or {})
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be a reference like env:NAME or secret:BLOCK_NAME, "
+                             "not a literal value")
+        return value
+
+    @model_validator(mode="after")
+    def _fetchable(self) -> FetchableSettings:
+        try:
+            self.fetch_settings()
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("destination.settings.", "")) from None
+        return self
+
+    def fetch_settings(self, storage_options: dict[str, Any] | None = None) -> FetchSettings:
+        return FetchSettings(staging=self.staging, expires_seconds=self.expires_seconds,
+                             public_base_url=self.public_base_url, storage_options=storage_options)

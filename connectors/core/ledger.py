@@ -297,6 +297,23 @@ class Ledger:
         pa.default_memory_pool().release_unused()  # give Parquet's decode buffers back
         return index
 
+    # -- the incremental watermark ------------------------------------------------------
+    def watermark(self) -> str | None:
+        """The newest ``updated_at`` of the last complete full run (ISO text), or None."""
+        path = self._path("watermark.json")
+        self.fs.invalidate_cache()
+        if not self.fs.exists(path):
+            return None
+        try:
+            return json.loads(self.fs.cat_file(path)).get("updated_at")
+        except ValueError:
+            return None
+
+    def set_watermark(self, updated_at: str, run_id: str) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.pipe_file(self._path("watermark.json"),
+                          json.dumps({"updated_at": updated_at, "run": run_id, "at": _now()}).encode())
+
     def _batch_path(self, run_id: str, batch: int) -> str:
         return self._path("journal", f"{run_id}-b{batch:06d}.jsonl")
 

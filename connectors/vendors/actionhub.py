@@ -57,7 +57,7 @@ from pydantic import Field, model_validator
 
 from connectors.core.errors import RejectedError, TransientError
 from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
-from connectors.core.records import rejects_frame
+from connectors.core.records import RowProblems, rejects_frame
 from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec
 
 log = logging.getLogger("assetferry.actionhub")
@@ -215,31 +215,25 @@ class ActionHubConnector(BaseConnector):
         if s.truncate_names and too_long.any():
             title = title.mask(too_long, title.str.slice(0, MAX_NAME))
         out["_name"] = title
-        field = pd.Series(pd.NA, index=out.index, dtype=object)
-        reason = pd.Series(pd.NA, index=out.index, dtype=object)
+        checks = RowProblems(out.index)
 
-        def flag(problem: pd.Series, name: str, why: str | pd.Series) -> None:
-            hit = problem.fillna(False).astype(bool) & field.isna()
-            field[hit] = name
-            reason[hit] = why if isinstance(why, str) else why[hit]
-
-        flag(program.isna(), "parent", "no program: the row has no parent and destination.settings.program_id "
+        checks.flag(program.isna(), "parent", "no program: the row has no parent and destination.settings.program_id "
                                        "is not set")
-        flag(program.str.contains(_CONTROL.pattern, regex=True), "parent",
+        checks.flag(program.str.contains(_CONTROL.pattern, regex=True), "parent",
              "program id contains control characters")
         if s.programs is not None:
-            flag(~program.isin(s.programs), "parent",
+            checks.flag(~program.isin(s.programs), "parent",
                  "program '" + program.fillna("") + "' is not one of the job's programs ("
                  + ", ".join(s.programs) + ")")
         ids = out["id"].astype("string")
-        flag(ids.str.len() > MAX_ID, "id", "id is " + ids.str.len().astype("string")
+        checks.flag(ids.str.len() > MAX_ID, "id", "id is " + ids.str.len().astype("string")
              + f" characters; ActionHub accepts at most {MAX_ID} (asset_id)")
         if not s.truncate_names:
-            flag(too_long, "title", "title is " + title.str.len().astype("string")
+            checks.flag(too_long, "title", "title is " + title.str.len().astype("string")
                  + f" characters; ActionHub accepts at most {MAX_NAME} (asset_name; "
                  "or set truncate_names: true)")
-        bad = field.notna()
-        rejects = rejects_frame(out[bad], field=field[bad], reason=reason[bad])
+        bad = checks.bad
+        rejects = rejects_frame(out[bad], field=checks.field[bad], reason=checks.reason[bad])
         good = out[~bad].reset_index(drop=True)
         if s.truncate_names:
             cut = too_long & ~bad

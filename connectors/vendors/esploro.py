@@ -87,15 +87,15 @@ import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from connectors.core.credentials import literal_secrets, resolve_options
-from connectors.core.errors import ConfigError, QuotaExhausted, RejectedError, VendorResponseError
-from connectors.core.fetchurls import MAX_EXPIRES_SECONDS, FetchableURLs, FetchSettings
+from connectors.core.credentials import resolve_options
+from connectors.core.errors import QuotaExhausted, RejectedError, VendorResponseError
+from connectors.core.fetchurls import FetchableSettings, FetchableURLs
 from connectors.core.files import FileInfo
 from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, retry_after_seconds
 from connectors.core.ledger import INTENT, Ledger, LedgerEntry, entry
-from connectors.core.records import rejects_frame
+from connectors.core.records import RowProblems, rejects_frame
 from connectors.vendors.base import (
     BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec,
 )
@@ -117,7 +117,7 @@ _TRUE, _FALSE = ("true", "yes", "y", "1"), ("false", "no", "n", "0")
 _TERMINAL = ("FAILED", "CANCELLED", "ABORTED", "SYSTEM_ABORTED")
 
 
-class EsploroSettings(RateSettings):
+class EsploroSettings(RateSettings, FetchableSettings):
     """``destination.settings`` for ``vendor: esploro``."""
 
     requests_per_second: float | None = Field(default=25, gt=0)
@@ -125,12 +125,8 @@ class EsploroSettings(RateSettings):
                                          description="wait after a PER_SECOND_THRESHOLD 429 (no Retry-After)")
     daily_reset_timezone: str = Field(default="UTC", description="where the daily threshold's midnight is")
     remaining_warning: int = Field(default=1000, ge=0, description="log a warning below this X-Exl-Api-Remaining")
-    # files Esploro fetches by URL (connectors.core.fetchurls)
-    staging: str | None = Field(default=None, description="fsspec URL local files are copied to")
-    public_base_url: str | None = None
-    expires_seconds: int = Field(default=MAX_EXPIRES_SECONDS, ge=1, le=MAX_EXPIRES_SECONDS)
-    staging_options: dict[str, Any] | None = Field(
-        default=None, description="fsspec options for staging (secrets as env:/secret: references)")
+    # files Esploro fetches by URL: staging, public_base_url, expires_seconds, staging_options
+    # (FetchableSettings, connectors.core.fetchurls)
     max_file_mb: float | None = Field(default=None, gt=0)
     # the link
     file_type: str = Field(default="accepted", min_length=1, description="link.type when no file_type column")
@@ -156,25 +152,6 @@ class EsploroSettings(RateSettings):
             raise ValueError(f"unknown time zone {value!r} (e.g. UTC, Europe/Berlin)") from None
         return value
 
-    @field_validator("staging_options")
-    @classmethod
-    def _references(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        bad = literal_secrets(value or {})
-        if bad:
-            raise ValueError(f"{', '.join(bad)} must be a reference like env:NAME or secret:BLOCK_NAME")
-        return value
-
-    @model_validator(mode="after")
-    def _fetchable(self) -> EsploroSettings:
-        try:
-            self.fetch_settings()
-        except ConfigError as exc:
-            raise ValueError(str(exc).replace("destination.settings.", "")) from None
-        return self
-
-    def fetch_settings(self, storage_options: dict[str, Any] | None = None) -> FetchSettings:
-        return FetchSettings(staging=self.staging, expires_seconds=self.expires_seconds,
-                             public_base_url=self.public_base_url, storage_options=storage_options)
 
 
 # -- Ex Libris error bodies ---------------------------------------------------------------------
@@ -324,23 +301,17 @@ class EsploroConnector(BaseConnector):
         local files -> rejected here), supplemental flag. Rejects name the field."""
         s = self.settings
         out = frame.copy()
-        field = pd.Series(pd.NA, index=out.index, dtype=object)
-        reason = pd.Series(pd.NA, index=out.index, dtype=object)
-
-        def flag(problem: pd.Series, name: str, why: str | pd.Series) -> None:
-            hit = problem.fillna(False).astype(bool) & field.isna()
-            field[hit] = name
-            reason[hit] = why if isinstance(why, str) else why[hit]
+        checks = RowProblems(out.index)
 
         parent = out["parent"].astype("string").str.strip()
-        flag(~parent.str.fullmatch(_PARENT).fillna(False).astype(bool), "parent",
+        checks.flag(~parent.str.fullmatch(_PARENT).fillna(False).astype(bool), "parent",
              "parent '" + parent.fillna("") + "' is not an Esploro asset id (no spaces, ',', '/', '?', '#', '%')")
         unusable = self.fetch.check(out["file"])
-        flag(unusable.notna(), "file", unusable.astype(object))
+        checks.flag(unusable.notna(), "file", unusable.astype(object))
         if "supplemental" in out.columns:
             raw = out["supplemental"].astype("string").str.strip().str.lower().replace("", pd.NA)
             known = raw.isin(_TRUE + _FALSE).fillna(False).astype(bool) | raw.isna()
-            flag(~known, "supplemental", "supplemental '" + raw.fillna("") + "' is not true/false/yes/no/1/0")
+            checks.flag(~known, "supplemental", "supplemental '" + raw.fillna("") + "' is not true/false/yes/no/1/0")
             supplemental = raw.isin(_TRUE).fillna(False).astype(bool).where(raw.notna(), s.supplemental)
         else:
             supplemental = pd.Series(s.supplemental, index=out.index)
@@ -350,9 +321,9 @@ class EsploroConnector(BaseConnector):
         out["_title"] = out["title"].astype("string").fillna(out["file_name"].astype("string"))
         out["_type"] = file_type
         out["_supplemental"] = supplemental.map({True: "true", False: "false"})
-        bad = field.notna()
+        bad = checks.bad
         good = out[~bad].reset_index(drop=True)
-        rejects = (rejects_frame(out[bad], field=field[bad], reason=reason[bad]) if bad.any()
+        rejects = (rejects_frame(out[bad], field=checks.field[bad], reason=checks.reason[bad]) if bad.any()
                    else rejects_frame(out.iloc[0:0], field="", reason=""))
         return good, rejects
 

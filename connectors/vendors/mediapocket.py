@@ -87,14 +87,14 @@ from urllib.parse import quote
 
 import httpx
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
-from connectors.core.credentials import literal_secrets, resolve_options
+from connectors.core.credentials import resolve_options
 from connectors.core.errors import ConfigError, RejectedError, TransientError
-from connectors.core.fetchurls import MAX_EXPIRES_SECONDS, FetchableURLs, FetchSettings
+from connectors.core.fetchurls import FetchableSettings, FetchableURLs
 from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
 from connectors.core.ledger import INTENT
-from connectors.core.records import rejects_frame
+from connectors.core.records import RowProblems, rejects_frame
 from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
 
 log = logging.getLogger("assetferry.mediapocket")
@@ -112,17 +112,13 @@ _SIGNED = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*")  # a URL's query may c
 _TITLE_FROM_FILE = "title taken from the file name (no title)"
 
 
-class MediaPocketSettings(RateSettings):
+class MediaPocketSettings(RateSettings, FetchableSettings):
     """``destination.settings`` for ``vendor: mediapocket``."""
 
     project_id: str | None = Field(default=None, min_length=1, description="project for rows without a parent")
     s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$",
                                   description="files in this bucket are sent as s3 keys")
-    staging: str | None = Field(default=None, description="where local files are copied for the vendor to fetch")
-    public_base_url: str | None = Field(default=None, description="http(s) URL serving the staging root")
-    expires_seconds: int = Field(default=MAX_EXPIRES_SECONDS, ge=1, le=MAX_EXPIRES_SECONDS)
-    staging_options: dict[str, Any] | None = Field(
-        default=None, description="fsspec options for staging (default: source.options); secrets as env:/secret:")
+    # staging, public_base_url, expires_seconds, staging_options: FetchableSettings (fetch by URL)
     title_fallback: Literal["file_name", "reject"] = "file_name"
     vendor_id_column: str = Field(default="vendor_id", min_length=1)
     adopt: dict[str, str] = Field(default_factory=dict, description="record id -> Media Pocket asset id")
@@ -131,26 +127,6 @@ class MediaPocketSettings(RateSettings):
     timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
     requests_per_second: float | None = Field(default=5, gt=0)
 
-    @field_validator("staging_options")
-    @classmethod
-    def _references_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        bad = literal_secrets(value or {})
-        if bad:
-            raise ValueError(f"{', '.join(bad)} must be a reference like env:NAME or secret:BLOCK_NAME, "
-                             "not a literal value")
-        return value
-
-    @model_validator(mode="after")
-    def _fetchable(self) -> MediaPocketSettings:
-        try:
-            self.fetch_settings()
-        except ConfigError as exc:
-            raise ValueError(str(exc).replace("destination.settings.", "")) from None
-        return self
-
-    def fetch_settings(self, storage_options: dict[str, Any] | None = None) -> FetchSettings:
-        return FetchSettings(staging=self.staging, expires_seconds=self.expires_seconds,
-                             public_base_url=self.public_base_url, storage_options=storage_options)
 
 
 @dataclass(frozen=True)
@@ -247,32 +223,26 @@ class MediaPocketConnector(BaseConnector):
         """Project, title, media_type, adoption id and file checks; rejects name the column."""
         s = self.settings
         out = frame.copy()
-        field = pd.Series(pd.NA, index=out.index, dtype=object)
-        reason = pd.Series(pd.NA, index=out.index, dtype=object)
-
-        def flag(problem: pd.Series, name: str, why: str | pd.Series) -> None:
-            hit = problem.fillna(False).astype(bool) & field.isna()
-            field[hit] = name
-            reason[hit] = why if isinstance(why, str) else why[hit]
+        checks = RowProblems(out.index)
 
         project = out["parent"].astype("string").str.strip().replace("", pd.NA)
         if s.project_id:
             project = project.fillna(s.project_id)
-        flag(project.isna(), "parent", "no project: give a parent column or destination.settings.project_id")
+        checks.flag(project.isna(), "parent", "no project: give a parent column or destination.settings.project_id")
 
         title = out["title"].astype("string")
         if s.title_fallback == "file_name":
             untitled = title.isna() & out["file_name"].notna()
             title = title.fillna(out["file_name"].astype("string"))
-        flag(title.isna(), "title", "missing title (Media Pocket requires one)")
+        checks.flag(title.isna(), "title", "missing title (Media Pocket requires one)")
         length = title.str.len().fillna(0)
-        flag(length > TITLE_MAX, "title", "title is " + length.astype(str)
+        checks.flag(length > TITLE_MAX, "title", "title is " + length.astype(str)
              + f" characters; Media Pocket accepts at most {TITLE_MAX}")
 
         if "media_type" in out.columns:
             kind = out["media_type"].astype("string").str.strip().str.lower().replace("", pd.NA)
             bad = kind.notna() & (kind != "article")
-            flag(bad, "media_type", "media_type '" + out["media_type"].astype("string") + "' is not allowed: "
+            checks.flag(bad, "media_type", "media_type '" + out["media_type"].astype("string") + "' is not allowed: "
                  "Media Pocket creates only articles by type (leave it empty for media)")
             out["_article"] = (kind == "article").fillna(False).astype(bool)
         else:
@@ -286,14 +256,14 @@ class MediaPocketConnector(BaseConnector):
         out["_adopt"] = adopt
 
         problems = self.fetch.check(out["file"])
-        flag(problems.notna(), "file", problems.astype(object))
+        checks.flag(problems.notna(), "file", problems.astype(object))
 
         out["_project"] = project
         out["_title"] = title
-        bad_rows = field.notna()
+        bad_rows = checks.bad
         if s.title_fallback == "file_name" and (named := int((untitled & ~bad_rows).sum())):
             self.notes[_TITLE_FROM_FILE] += named
-        rejects = rejects_frame(out[bad_rows], field=field[bad_rows], reason=reason[bad_rows])
+        rejects = rejects_frame(out[bad_rows], field=checks.field[bad_rows], reason=checks.reason[bad_rows])
         return out[~bad_rows].reset_index(drop=True), rejects
 
     def content(self, row: dict[str, Any]) -> Any:

@@ -71,7 +71,7 @@ from connectors.core.files import FileInfo
 from connectors.core.http import (
     Action, TokenAuth, Verdict, VendorAuth, VendorHTTP, json_body, retry_after_seconds, shared_auth,
 )
-from connectors.core.records import rejects_frame
+from connectors.core.records import RowProblems, rejects_frame
 from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
 
 log = logging.getLogger("assetferry.wordbee")
@@ -296,29 +296,22 @@ class WordbeeConnector(BaseConnector):
         language, relative_path, file_name, a destination another row already claimed."""
         s = self.settings
         out = frame.copy()
-        field = pd.Series(pd.NA, index=out.index, dtype="string")
-        reason = pd.Series(pd.NA, index=out.index, dtype="string")
-
-        def flag(problem: pd.Series, name: str, why: pd.Series | str) -> None:
-            hit = problem.fillna(False).astype(bool) & field.isna()
-            if hit.any():
-                field.loc[hit] = name
-                reason.loc[hit] = why if isinstance(why, str) else why[hit]
+        checks = RowProblems(out.index)
 
         parent = out["parent"].astype("string").str.strip()
-        flag(parent.isna(), "parent", "missing parent (the Wordbee segment id the file attaches to)")
-        flag(~parent.str.fullmatch(_SEGMENT).fillna(True), "parent",
+        checks.flag(parent.isna(), "parent", "missing parent (the Wordbee segment id the file attaches to)")
+        checks.flag(~parent.str.fullmatch(_SEGMENT).fillna(True), "parent",
              "parent '" + parent + "' is not a Wordbee segment id (a positive whole number)")
 
         locale = out["language"].astype("string").str.strip()
         if s.language:
             locale = locale.fillna(s.language)
-        flag(~locale.str.fullmatch(_LOCALE).fillna(True), "language",
+        checks.flag(~locale.str.fullmatch(_LOCALE).fillna(True), "language",
              "language '" + locale + "' is not a locale code (e.g. en, fr-CA)")
         if s.locales:
             allowed = {x.casefold() for x in s.locales}
             unknown = locale.notna() & ~locale.str.casefold().isin(allowed)
-            flag(unknown, "language", "language '" + locale + "' is not one of the allowed locales ("
+            checks.flag(unknown, "language", "language '" + locale + "' is not one of the allowed locales ("
                  + ", ".join(s.locales) + ")")
 
         column = out["relative_path"] if "relative_path" in out.columns else pd.Series(pd.NA, index=out.index)
@@ -327,30 +320,30 @@ class WordbeeConnector(BaseConnector):
         if s.relative_path:
             path = path.fillna(s.relative_path)
         problems = _problems(path, "relative_path", _PATH_RULES)
-        flag(problems.notna(), "relative_path", problems)
+        checks.flag(problems.notna(), "relative_path", problems)
         path = _normalise(path)
 
         name = out["file_name"].astype("string").str.strip()
         problems = _problems(name, "file_name", _NAME_RULES)
-        flag(problems.notna(), "file_name", problems)
+        checks.flag(problems.notna(), "file_name", problems)
         no_ext = ~name.str.fullmatch(r".+\.[^.\s]+").fillna(False)
-        flag(no_ext, "file_name", "file_name '" + name.fillna("") + "' has no extension (Wordbee's upload needs one)")
+        checks.flag(no_ext, "file_name", "file_name '" + name.fillna("") + "' has no extension (Wordbee's upload needs one)")
 
         out["_segment"], out["_locale"], out["_path"] = parent, locale, path
         target = (parent.fillna("") + "|" + locale.fillna("").str.casefold() + "|"
                   + path.fillna("").str.casefold() + "|" + name.fillna("").str.casefold())
-        ok = field.isna()
+        ok = ~checks.bad
         if ok.any():
             # The same destination twice: the later row would overwrite the earlier one. Claims
             # last for this connector's life (one run), across the source's chunks.
             ids = out["id"].astype("string")
             claimed = [self._targets.setdefault(t, i) for t, i in zip(target[ok], ids[ok])]
             owner = pd.Series(claimed, index=target[ok].index, dtype="string").reindex(out.index)
-            flag(owner.notna() & owner.ne(ids), "file_name",
+            checks.flag(owner.notna() & owner.ne(ids), "file_name",
                  "same Wordbee asset (segment, locale, folder and name) as id '" + owner + "': it would overwrite it")
-        bad = field.notna()
+        bad = checks.bad
         good = out[~bad].reset_index(drop=True)
-        rej = rejects_frame(out[bad], field=field[bad], reason=reason[bad])
+        rej = rejects_frame(out[bad], field=checks.field[bad], reason=checks.reason[bad])
         return good, rej
 
     def check(self, row: dict[str, Any], info: FileInfo) -> tuple[str | None, str] | None:
