@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -26,13 +27,50 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "assetferry",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # library logs outside a flow run stay local
 }.items():
     os.environ.setdefault(_name, _value)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+def _fail(message: str, code: int = 2, output: str = "table") -> None:
+    """One clear message and exit ``code``: on stderr, or as a JSON object on stdout for
+    ``--output json`` (``{"error": ..., "exit_code": ...}``)."""
+    if output == "json":
+        print(json.dumps({"error": message, "exit_code": code}))
+    else:
+        err.print(f"[bold red]error:[/] {_markup_escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def _markup_escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _check_before_prefect(job: Any) -> None:
+    """What a run would find out only after Prefect started, found in a second: the env:
+    credential references resolve, the source's storage options resolve, and the manifest opens
+    and its first chunk parses (a glob matching nothing, a missing file, a parse error). Raises
+    ConfigError. ``secret:`` references need Prefect: the run resolves them."""
+    from connectors.core.credentials import resolve_credentials, resolve_options
+    from connectors.sources.manifest import ManifestSource
+
+    refs = job.destination.credentials
+    resolve_credentials({k: v for k, v in refs.items() if str(v).startswith("env:")})
+    options = job.source.options
+    if not any(isinstance(v, str) and v.startswith("secret:") for v in _leaves(options)):
+        options = resolve_options(options)
+        source = ManifestSource(job.source.url, format=job.source.format, options=options,
+                                columns=job.source.columns)
+        for _chunk in source.chunks(100):
+            break
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    return [value]
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
@@ -72,17 +110,39 @@ def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
                                    f"{s.failed} failed")
 
         sync.PROGRESS_HOOKS.append(hook)
+        quiet = _NoConfigTracebacks()
+        handlers = {h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+                    for h in logging.getLogger(name).handlers}
+        for handler in handlers:
+            handler.addFilter(quiet)
         try:
             return sync.sync_assets(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
         finally:
             sync.PROGRESS_HOOKS.remove(hook)
+            for handler in handlers:
+                handler.removeFilter(quiet)
+
+
+class _NoConfigTracebacks(logging.Filter):
+    """A configuration or auth error is a message for a human, not a traceback: Prefect's engine
+    logs the flow's exception with its stack; keep the message, drop the stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AssetferryError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _preview(job: Any, since: str | None, until: str | None, limit: int | None, *,
              use_ledger: bool, out: Path | None, sample: int, title: str = "dry run (nothing sent)",
-             full_refresh: bool = False, output: str = "table") -> int:
+             full_refresh: bool = False, output: str = "table", check_vendor: bool = False) -> int:
     """validate / --dry-run: extract, transform and plan every request, sending nothing. The
-    actions are the vendor's own (``upload+upsert``, ``create``, ``link``...), counted per row."""
+    actions are the vendor's own (``upload+upsert``, ``create``, ``link``...), counted per row.
+    ``check_vendor``: first read what the destination defines (the connector's ``preflight``,
+    read-only requests) when the credentials resolve, so rows referring to what it lacks are
+    rejected too; the output says whether that happened."""
     from collections import Counter
 
     import pandas as pd
@@ -91,6 +151,11 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     from connectors.pipeline import Pipeline, make_connector
 
     connector = make_connector(job, credentials={})
+    vendor_note = _vendor_check(job, connector, check_vendor)
+    if vendor_note.startswith("checked"):
+        connector = make_connector(job)
+        with connector.session() as http:
+            connector.preflight(http)
     loader = Loader(connector)
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
     ledger = pipeline.ledger()
@@ -134,7 +199,8 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
             "job": job.name, "vendor": job.destination.vendor, "mode": title, "rows_read": pipeline.counts.read,
             "would": {a: counts[a] for a in actions}, "unchanged": counts["unchanged"], "rejected": len(rejects),
             "outside_window": pipeline.counts.outside_window, "watermark": str(pipeline.watermark or "") or None,
-            "rejects": rejects[:100], "plan_file": str(out) if out else None}, default=str))
+            "rejects": rejects[:100], "plan_file": str(out) if out else None,
+            **({"destination_check": vendor_note} if vendor_note else {})}, default=str))
         return 1 if rejects else 0
     table = Table(title=f"{job.name} -> {job.destination.vendor}: {title}")
     columns = ["rows read", *(f"would {a}" for a in actions), "unchanged", "rejected", "outside window"]
@@ -146,6 +212,8 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     if notes:
         table.caption = "; ".join(f"{what}: {n} rows" for what, n in notes.items())
     console.print(table)
+    if vendor_note:
+        console.print(f"destination: {vendor_note}")
     if rejects:
         rt = Table(title=f"rejected rows (first {min(20, len(rejects))} of {len(rejects)})")
         for col in ("source", "row", "id", "field", "reason"):
@@ -185,9 +253,10 @@ def run(
         if dry_run:
             raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3,
                                       full_refresh=full_refresh, output=output))
+        _check_before_prefect(job)  # configuration problems answered before Prefect starts
         summary = _run_flow(job, since, until, limit, full_refresh)
     except AssetferryError as exc:
-        _fail(str(exc))
+        _fail(str(exc), output=output)
     if output == "json":
         console.print_json(json.dumps(summary, default=str))
     else:
@@ -201,6 +270,69 @@ def run(
 
 
 @app.command()
+def verify(
+    job_file: Path = typer.Argument(..., help="the job YAML"),
+    reconcile: bool = typer.Option(False, "--reconcile",
+                                   help="mark the missing records so that the next run sends them again"),
+    output: str = typer.Option("table", help="table | json"),
+) -> None:
+    """Read the vendor back (reads only) and compare with the ledger: missing (deleted at the
+    vendor), changed (edited there since the load), extra (at the vendor, not in the ledger).
+    Exit 0 in sync, 1 on drift, 2 on a configuration or credential error."""
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
+    try:
+        from connectors.core.job import load_job
+        from connectors.core.ledger import Ledger
+        from connectors.core.verify import drift, mark_missing
+        from connectors.pipeline import make_connector, state_options, state_url
+
+        job = load_job(job_file)
+        connector = make_connector(job)
+        ledger = Ledger(state_url(job, connector), state_options(job))
+        index = ledger.load()
+        report = drift(connector, index)
+        if reconcile:
+            mark_missing(ledger, index, report.missing)
+    except AssetferryError as exc:
+        _fail(str(exc))
+    if output == "json":
+        console.print_json(json.dumps({"job": job.name, "vendor": job.destination.vendor, **report.to_dict(),
+                                       "reconciled": len(report.missing) if reconcile else 0}))
+    else:
+        table = Table(title=f"{job.name} -> {job.destination.vendor}: verify")
+        for col in ("loaded (ledger)", "in sync", "missing", "changed", "extra"):
+            table.add_column(col, justify="right")
+        table.add_row(*(str(v) for v in (report.loaded, report.in_sync, len(report.missing), len(report.changed),
+                                          len(report.extra))))
+        console.print(table)
+        for what in ("missing", "changed", "extra"):
+            ids = getattr(report, what)
+            if ids:
+                console.print(f"{what}: " + ", ".join(ids[:20]) + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""))
+        if reconcile and report.missing:
+            console.print(f"{len(report.missing)} missing records will be sent again by the next run")
+    raise typer.Exit(0 if report.clean else 1)
+
+
+def _vendor_check(job: Any, connector: Any, wanted: bool) -> str:
+    """Whether ``_preview`` can read the destination (``preflight``): "" when the vendor has
+    nothing to check, else a sentence for the output."""
+    from connectors.core.credentials import resolve_credentials
+    from connectors.vendors.base import BaseConnector
+
+    if type(connector).preflight is BaseConnector.preflight:
+        return ""
+    if not wanted:
+        return "not checked against the vendor (validate --check-vendor reads what it defines)"
+    try:
+        resolve_credentials(job.destination.credentials)
+    except ConfigError as exc:
+        return f"not checked against the vendor: credentials not available ({exc})"
+    return "checked against the vendor (references it does not define are rejected)"
+
+
+@app.command()
 def validate(
     job_file: Path = typer.Argument(..., help="the job YAML"),
     since: Optional[str] = typer.Option(None),
@@ -208,6 +340,8 @@ def validate(
     limit: Optional[int] = typer.Option(None, min=1),
     sample: int = typer.Option(3, help="how many payloads to print"),
     output: str = typer.Option("table", help="table | json"),
+    check_vendor: bool = typer.Option(False, "--check-vendor",
+                                      help="also read what the destination defines (read-only requests)"),
 ) -> None:
     """Extract and transform only: counts, rejects and a sample of the payloads; rows the ledger
     already holds unchanged are counted as such. Exit 1 if any row is rejected."""
@@ -218,7 +352,7 @@ def validate(
 
         job = load_job(job_file)
         code = _preview(job, since, until, limit, use_ledger=True, out=None, sample=sample, title="validation",
-                        full_refresh=True, output=output)
+                        full_refresh=True, output=output, check_vendor=check_vendor)
     except AssetferryError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
