@@ -23,7 +23,11 @@ DEMO_ENVIRONMENT_ID = "8d20758c-d74c-4f59-ae04-ee928c0816b7"
 DEMO_API_KEY = "sandbox-management-key"
 BASE_PATH = "/v2"  # clients use http://host:port/v2 like https://manage.kontent.ai/v2
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
-ROUTES = ("upload", "create", "upsert", "get", "list", "delete")
+ROUTES = ("upload", "create", "upsert", "get", "list", "delete",
+          "languages", "folders", "modify_folders", "collections", "taxonomies", "modify_taxonomy")
+MAX_FOLDERS = 1000  # folders per environment (Kontent's documented limit)
+# Kontent refuses these characters in external ids used as references (data-ops, migration toolkit).
+_EXTERNAL_ID_FORBIDDEN = re.compile(r"[/.;]")
 
 # Documented codes: 105 (asset not found, doc example) and 10000 (rate limit, api-limitations page).
 # The docs do not list the others; 5 ("invalid request") and 0 (generic) are our picks.
@@ -44,10 +48,14 @@ _CODENAME_MAX = 60  # Kontent codenames are at most 60 characters (inferred from
 class EnvConfig:
     """One environment: its Management API key and the languages/collections/folders it defines.
 
-    The first language is the default one (all-zero id); the first collection also gets the
-    all-zero id, as Kontent's built-in "default" collection does. Other ids are uuid5-derived
-    (see `reference_id`). A folder entry is used as both its codename and its external id.
-    `expired_keys` answer 401 like an expired key would (keys expire in Kontent).
+    The first language is the default one (all-zero id; its codename may be renamed, e.g.
+    ``["en-US", "de-DE"]``); the first collection also gets the all-zero id, as Kontent's built-in
+    "default" collection does. Other ids are uuid5-derived (see `reference_id`). A folder entry
+    is a path (``"brand/2024/spring"``: every level is a folder named after its segment); its
+    external id is the whole path and its codename the path in codename form (``brand_2024_spring``;
+    a one-level entry keeps its text). `taxonomies`: group codename -> term names (a term's
+    codename is its name in codename form). `asset_elements`: the asset type's taxonomy elements,
+    element codename -> taxonomy group codename. `expired_keys` answer 401 like an expired key.
     """
 
     api_key: str
@@ -55,6 +63,8 @@ class EnvConfig:
     collections: list[str] = field(default_factory=lambda: ["default"])
     folders: list[str] = field(default_factory=list)
     expired_keys: list[str] = field(default_factory=list)
+    taxonomies: dict[str, list[str]] = field(default_factory=dict)
+    asset_elements: dict[str, str] = field(default_factory=dict)
 
 
 def reference_id(kind: str, codename: str) -> str:
@@ -101,6 +111,8 @@ class _Ref:
     id: str
     codename: str
     external_id: str | None = None
+    name: str = ""
+    parent: str | None = None  # folders and taxonomy terms: the parent's id (None: top level)
 
 
 @dataclass
@@ -131,9 +143,39 @@ class _Asset:
 
 def _refs(kind: str, codenames: list[str], *, first_is_zero: bool, external_ids: bool = False) -> list[_Ref]:
     return [
-        _Ref(ZERO_ID if first_is_zero and i == 0 else reference_id(kind, c), c, c if external_ids else None)
+        _Ref(ZERO_ID if first_is_zero and i == 0 else reference_id(kind, c), c, c if external_ids else None, name=c)
         for i, c in enumerate(codenames)
     ]
+
+
+def _folder_refs(paths: list[str]) -> list[_Ref]:
+    """Every folder of the configured paths (parents first), ids uuid5 of the path."""
+    out: dict[str, _Ref] = {}
+    for path in paths:
+        parts = [p for p in path.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            if sub in out:
+                continue
+            parent = out["/".join(parts[: depth - 1])].id if depth > 1 else None
+            codename = sub if depth == 1 and _CODENAME.match(sub) else _codename_base(sub)
+            out[sub] = _Ref(reference_id("folder", sub), codename, sub, name=parts[depth - 1], parent=parent)
+    return list(out.values())
+
+
+@dataclass
+class _Taxonomy:
+    id: str
+    codename: str
+    name: str
+    terms: list[_Ref]  # flattened; ``parent`` links the tree
+    last_modified: str = ""
+
+
+def _taxonomy(codename: str, names: list[str]) -> _Taxonomy:
+    terms = [_Ref(reference_id(f"term:{codename}", _codename_base(n)), _codename_base(n), None, name=n)
+             for n in names]
+    return _Taxonomy(reference_id("taxonomy", codename), codename, codename, terms, _timestamp())
 
 
 @dataclass
@@ -143,6 +185,9 @@ class _Env:
     languages: list[_Ref]
     collections: list[_Ref]
     folders: list[_Ref]
+    taxonomies: list[_Taxonomy] = field(default_factory=list)
+    elements: list[tuple[_Ref, str]] = field(default_factory=list)  # asset type element, taxonomy id
+    folders_modified: str = ""
     files: dict[str, _File] = field(default_factory=dict)
     assets: dict[str, _Asset] = field(default_factory=dict)
     next_seq: int = 1
@@ -150,12 +195,19 @@ class _Env:
 
     @classmethod
     def build(cls, env_id: str, config: EnvConfig) -> "_Env":
+        taxonomies = [_taxonomy(c, names) for c, names in config.taxonomies.items()]
+        by_codename = {t.codename: t.id for t in taxonomies}
+        elements = [(_Ref(reference_id("asset_element", c), c, None, name=c), by_codename.get(g, ""))
+                    for c, g in config.asset_elements.items()]
         return cls(
             env_id.lower(),
             config,
             _refs("language", config.languages, first_is_zero=True),
             _refs("collection", config.collections, first_is_zero=True),
-            [_Ref(ZERO_ID, "root")] + _refs("folder", config.folders, first_is_zero=False, external_ids=True),
+            [_Ref(ZERO_ID, "root")] + _folder_refs(config.folders),
+            taxonomies,
+            elements,
+            _timestamp(),
         )
 
     def find(self, identifier: str) -> _Asset | None:
@@ -369,6 +421,8 @@ class _Simulator:
             x = body["external_id"]
             if not isinstance(x, str) or not x:
                 errors.append("Property 'external_id' must be a non-empty string.")
+            elif _EXTERNAL_ID_FORBIDDEN.search(x):
+                errors.append(_external_id_message(x))
             elif current is not None and current.external_id is not None and x != current.external_id:
                 errors.append("The external_id of an existing asset cannot be changed.")
             elif any(a.external_id == x for a in others):
@@ -380,11 +434,7 @@ class _Simulator:
         if "descriptions" in body:
             errors += self._check_descriptions(env, body["descriptions"], out)
         if "elements" in body:
-            els = body["elements"]
-            well_formed = isinstance(els, list) and all(isinstance(e, dict) and "element" in e for e in els)
-            if not well_formed:
-                errors.append("Property 'elements' must be an array of objects with an 'element' reference.")
-            out["elements"] = els
+            errors += self._check_elements(env, body["elements"], current, out)
         if "folder" in body:
             folder = body["folder"]
             out["folder_id"] = ZERO_ID if folder is None else _resolve(env.folders, folder)
@@ -433,6 +483,40 @@ class _Simulator:
                 seen.add(lang)
                 result.append({"language": {"id": lang}, "description": item.get("description")})
         out["descriptions"] = result
+        return errors
+
+    @staticmethod
+    def _check_elements(env: _Env, els: object, current: _Asset | None, out: dict[str, Any]) -> list[str]:
+        """Elements refer to the asset type's taxonomy elements and their group's terms (by id,
+        codename or external id); they are stored and answered by id. Elements not listed keep
+        their value (as for language variants)."""
+        well_formed = isinstance(els, list) and all(isinstance(e, dict) and "element" in e for e in els)
+        if not well_formed:
+            return ["Property 'elements' must be an array of objects with an 'element' reference."]
+        assert isinstance(els, list)
+        errors: list[str] = []
+        stored = {e["element"]["id"]: e for e in (current.elements if current else [])}
+        for item in els:
+            element = _resolve([r for r, _ in env.elements], item["element"])
+            if element is None:
+                errors.append(f"The asset element {json.dumps(item['element'])} does not exist in the asset type.")
+                continue
+            group = next(g for r, g in env.elements if r.id == element)
+            terms = next((t.terms for t in env.taxonomies if t.id == group), [])
+            values = item.get("value")
+            if not isinstance(values, list):
+                errors.append(f"The value of asset element '{element}' must be an array of term references.")
+                continue
+            ids: list[str] = []
+            for value in values:
+                term = _resolve(terms, value)
+                if term is None:
+                    errors.append(f"The taxonomy term {json.dumps(value)} does not exist in the taxonomy group "
+                                  f"of asset element '{element}'.")
+                elif term not in ids:
+                    ids.append(term)
+            stored[element] = {"element": {"id": element}, "value": [{"id": t} for t in ids]}
+        out["elements"] = list(stored.values())
         return errors
 
     @staticmethod
@@ -513,12 +597,14 @@ async def _read_upload(request: Request, max_file_bytes: int) -> bytes:
 
 def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """For ``assetferry demo kontent``: the job's source and destination against this simulator
-    at ``root`` (the bundled manifest of 36 images), and the environment variables it reads."""
+    at ``root`` (the bundled manifest of 36 images into the folder brand/2024/spring, tags as
+    terms of the ``tags`` taxonomy, the missing ones created), and the environment variables it reads."""
     job = {
         "source": {"url": str(demo_dir / "manifest.csv")},
         "destination": {"vendor": "kontent", "url": f"{root}{BASE_PATH}",
                         "credentials": {"api_key": "env:ASSETFERRY_DEMO_KEY"},
-                        "settings": {"environment_id": DEMO_ENVIRONMENT_ID}},
+                        "settings": {"environment_id": DEMO_ENVIRONMENT_ID, "folder": "brand/2024/spring",
+                                     "tags_element": "tags", "create_terms": True}},
     }
     return job, {"ASSETFERRY_DEMO_KEY": DEMO_API_KEY}
 
@@ -535,7 +621,10 @@ def create_app(
     """Build the simulator. Vendor routes live under /v2/projects/{environment_id}/; the public CDN
     under /assets-cdn/; sandbox control routes (no auth, no rate limit) under /_sandbox/."""
     if environments is None:
-        environments = {DEMO_ENVIRONMENT_ID: EnvConfig(DEMO_API_KEY, ["default", "en-US", "es-ES", "de-DE"])}
+        environments = {DEMO_ENVIRONMENT_ID: EnvConfig(
+            DEMO_API_KEY, ["default", "en-US", "es-ES", "de-DE"], folders=["images", "brand/2024/spring"],
+            taxonomies={"tags": ["kettle", "mug", "press", "red", "green", "blue", "amber", "catalog"]},
+            asset_elements={"tags": "tags"})}
     sim = _Simulator(environments, per_second, per_minute, clock)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.simulator = sim
@@ -655,6 +744,8 @@ def _add_vendor_routes(app: FastAPI, sim: _Simulator, max_file_bytes: int, page_
         kind, _, external_id = asset_identifier.partition("/")
         if kind != "external-id" or not external_id:
             raise _asset_not_found(_bare(asset_identifier))
+        if _EXTERNAL_ID_FORBIDDEN.search(external_id):
+            raise _invalid(_external_id_message(external_id))
         if body.get("external_id", external_id) != external_id:
             raise _invalid("Property 'external_id' must equal the external id in the URL.")
         if "file_reference" not in body:
@@ -673,6 +764,65 @@ def _add_vendor_routes(app: FastAPI, sim: _Simulator, max_file_bytes: int, page_
         env.files[asset.file_id].asset_id = None
         return Response(status_code=204)
 
+    @app.get(prefix + "/languages")
+    async def list_languages(request: Request, environment_id: str) -> Response:
+        """``{languages, pagination}`` (one page); the default language has the all-zero id."""
+        env = sim.admit(request, environment_id, "languages")
+        languages = [{"id": r.id, "name": r.name, "codename": r.codename, "is_active": True,
+                      "is_default": r.id == ZERO_ID, "fallback_language": {"id": ZERO_ID}}
+                     for r in env.languages]
+        return JSONResponse({"languages": languages, "pagination": {"continuation_token": None, "next_page": None}})
+
+    @app.get(prefix + "/folders")
+    async def list_folders(request: Request, environment_id: str) -> Response:
+        """``{folders, last_modified}``: the folder tree (the root folder is not listed)."""
+        env = sim.admit(request, environment_id, "folders")
+        return JSONResponse({"folders": _folder_tree(env.folders, None), "last_modified": env.folders_modified})
+
+    @app.patch(prefix + "/folders")
+    async def modify_folders(request: Request, environment_id: str) -> Response:
+        """``addInto`` operations (``reference`` = the parent; none = top level); at most 1,000 folders."""
+        env = sim.admit(request, environment_id, "modify_folders")
+        try:
+            ops = json.loads(await request.body())
+        except ValueError:
+            raise _bad_request("The request body is not valid JSON.") from None
+        added = _apply_add_into("folder", ops, env.folders, "folders")
+        if len(env.folders) - 1 + len(added) > MAX_FOLDERS:
+            raise _invalid(f"An environment can have at most {MAX_FOLDERS} asset folders.")
+        env.folders += added
+        env.folders_modified = _timestamp()
+        return JSONResponse({"folders": _folder_tree(env.folders, None), "last_modified": env.folders_modified})
+
+    @app.get(prefix + "/collections")
+    async def list_collections(request: Request, environment_id: str) -> Response:
+        env = sim.admit(request, environment_id, "collections")
+        return JSONResponse({"collections": [{"id": r.id, "name": r.name, "codename": r.codename}
+                                             for r in env.collections]})
+
+    @app.get(prefix + "/taxonomies")
+    async def list_taxonomies(request: Request, environment_id: str) -> Response:
+        env = sim.admit(request, environment_id, "taxonomies")
+        return JSONResponse({"taxonomies": [_render_taxonomy(t) for t in env.taxonomies],
+                             "pagination": {"continuation_token": None, "next_page": None}})
+
+    @app.patch(prefix + "/taxonomies/{identifier:path}")
+    async def modify_taxonomy(request: Request, environment_id: str, identifier: str) -> Response:
+        """``addInto`` operations on one group (``reference`` = the parent term; none = top level)."""
+        env = sim.admit(request, environment_id, "modify_taxonomy")
+        kind, _, value = identifier.partition("/")
+        group = next((t for t in env.taxonomies if (kind == "codename" and t.codename == value)
+                      or t.id == identifier.lower()), None)
+        if group is None:
+            raise KontentError(404, ERR_GENERIC, f"The requested taxonomy group '{_bare(identifier)}' was not found.")
+        try:
+            ops = json.loads(await request.body())
+        except ValueError:
+            raise _bad_request("The request body is not valid JSON.") from None
+        group.terms += _apply_add_into("taxonomy term", ops, group.terms, "terms")
+        group.last_modified = _timestamp()
+        return JSONResponse(_render_taxonomy(group))
+
     @app.get("/assets-cdn/{environment_id}/{file_id}/{file_name:path}")
     async def cdn_file(environment_id: str, file_id: str, file_name: str) -> Response:
         """Public CDN stand-in: no auth, no rate limit, not counted. The name must match the stored one."""
@@ -681,6 +831,81 @@ def _add_vendor_routes(app: FastAPI, sim: _Simulator, max_file_bytes: int, page_
         if stored is None or stored.file_name != file_name:
             raise StarletteHTTPException(404)
         return Response(stored.data, media_type=stored.content_type)
+
+
+def _external_id_message(value: str) -> str:
+    return (f"The external_id '{value}' is invalid: external ids cannot contain '/', '.' or ';'.")
+
+
+def _folder_tree(refs: list[_Ref], parent: str | None) -> list[dict[str, Any]]:
+    return [{"id": r.id, "name": r.name, "codename": r.codename, "external_id": r.external_id,
+             "folders": _folder_tree(refs, r.id)} for r in refs if r.parent == parent and r.id != ZERO_ID]
+
+
+def _term_tree(terms: list[_Ref], parent: str | None) -> list[dict[str, Any]]:
+    out = []
+    for t in terms:
+        if t.parent == parent:
+            item: dict[str, Any] = {"id": t.id, "name": t.name, "codename": t.codename,
+                                    "terms": _term_tree(terms, t.id)}
+            if t.external_id is not None:
+                item["external_id"] = t.external_id
+            out.append(item)
+    return out
+
+
+def _render_taxonomy(t: _Taxonomy) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "codename": t.codename, "last_modified": t.last_modified,
+            "terms": _term_tree(t.terms, None)}
+
+
+def _new_refs(kind: str, value: object, parent: str | None, taken: list[_Ref], sub: str) -> tuple[list[_Ref], list[str]]:
+    """A PATCH ``addInto`` value (a folder or a term, with nested children) -> new refs, errors."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"].strip():
+        return [], [f"Each added {kind} needs a non-empty 'name'."]
+    codename = value.get("codename") or _codename_base(value["name"])
+    external_id = value.get("external_id")
+    errors = []
+    if not isinstance(codename, str) or not _CODENAME.match(codename):
+        errors.append(f"The codename {json.dumps(codename)} is invalid.")
+    if any(r.codename == codename for r in taken):
+        errors.append(f"The codename '{codename}' is already used by another {kind}.")
+    if external_id is not None and any(r.external_id == external_id for r in taken):
+        errors.append(f"The external_id '{external_id}' is already used by another {kind}.")
+    if errors:
+        return [], errors
+    ref = _Ref(str(uuid.uuid4()), codename, external_id, name=value["name"], parent=parent)
+    out = [ref]
+    for child in value.get(sub) or []:
+        more, errs = _new_refs(kind, child, ref.id, taken + out, sub)
+        out += more
+        errors += errs
+    return out, errors
+
+
+def _apply_add_into(kind: str, ops: object, refs: list[_Ref], sub: str) -> list[_Ref]:
+    """Kontent's PATCH operations for folders / taxonomy terms; only ``addInto`` is simulated.
+    Raises a 400 listing every problem; nothing is changed then."""
+    if not isinstance(ops, list) or not ops:
+        raise _bad_request("The request body must be a non-empty array of operations.")
+    added: list[_Ref] = []
+    errors: list[str] = []
+    for op in ops:
+        if not isinstance(op, dict) or op.get("op") != "addInto":
+            errors.append("Only the 'addInto' operation is supported by the sandbox.")
+            continue
+        parent = None
+        if op.get("reference") is not None:
+            parent = _resolve(refs + added, op["reference"])
+            if parent is None:
+                errors.append(f"The {kind} {json.dumps(op['reference'])} does not exist.")
+                continue
+        new, errs = _new_refs(kind, op.get("value"), parent, refs + added, sub)
+        added += new
+        errors += errs
+    if errors:
+        raise _invalid(*errors)
+    return added
 
 
 def _bare(identifier: str) -> str:

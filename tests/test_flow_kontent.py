@@ -4,12 +4,16 @@ real socket, with files on local disk and on S3 (moto server mode over HTTP, thr
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import s3fs
 
 from connectors.core.job import parse_job
+from sandbox import kontent as sim
+from sandbox.server import running
 from tests import kit
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -57,9 +61,13 @@ def test_200_records_local_and_s3_then_rerun_and_title_change(kontent: str, s3_e
     rows = local_rows + s3_rows
     manifest = kit.write_csv(tmp_path / "manifest.csv", rows)
     fs.put_file(str(manifest), "assets-e2e/manifests/manifest.csv")
+    from connectors.core.job import SourceSpec
+
+    source: dict = {"options": s3_options(s3_endpoint)}
+    if "allowed_roots" in SourceSpec.model_fields:  # an S3 manifest naming local files too
+        source["allowed_roots"] = [str(tmp_path / "local"), "s3://assets-e2e/"]
     job = kit.job_dict("s3://assets-e2e/manifests/*.csv", kontent, tmp_path / "state",
-                       source={"options": s3_options(s3_endpoint)}, batch_size=25, concurrency=3,
-                       settings=FAST)
+                       source=source, batch_size=25, concurrency=3, settings=FAST)
 
     first = run(job)
     assert (first["loaded"], first["rejected"], first["failed"], first["exit_code"]) == (200, 0, 0, 0)
@@ -178,7 +186,7 @@ def test_transient_5xx_is_retried_and_auth_failure_stops_with_exit_2(kontent: st
     job = kit.write_job(tmp_path / "job.yaml", data)
     result = CliRunner().invoke(app, ["run", str(job)])
     assert result.exit_code == 2
-    assert "refused (401)" in result.output
+    assert "refused (401)" in " ".join(result.output.split())  # rich wraps long lines
     assert "wrong-key-4242" not in result.output
 
 
@@ -191,7 +199,7 @@ def test_default_limiter_300_assets_see_no_429(kontent: str, tmp_path: Path) -> 
     assert summary["loaded"] == 300
     s = kit.stats(kontent)
     assert s["throttled"] == 0
-    assert s["accepted"] == 600
+    assert s["accepted"] == 3 + 600  # the environment's languages, folders, collections, then 2 per asset
 
 
 def test_credentials_from_a_prefect_secret_block(kontent: str, tmp_path: Path,
@@ -252,3 +260,217 @@ def test_a_vendor_that_stays_down_stops_the_run_and_leaves_the_rest_pending(kont
     kit.set_limits(kontent, 200, 12000)
     again = run(job)
     assert (again["loaded"], again["pending"], again["exit_code"]) == (9, 0, 0)
+
+
+# ---- issue 16: behave like a real environment (the stricter simulator) ----------------------
+
+
+
+
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
+def strict_config() -> dict:
+    """An environment like a real one: the default language renamed to en-US, nested folders,
+    two collections, an asset taxonomy element ``colour`` on the group ``colours``."""
+    return {kit.ENV: sim.EnvConfig(kit.KEY, ["en-US", "de-DE"], collections=["default", "web"],
+                                   folders=["images", "brand/2024/spring"],
+                                   taxonomies={"colours": ["Red", "Dark green"]},
+                                   asset_elements={"colour": "colours"})}
+
+
+@pytest.fixture(scope="module")
+def strict_server() -> Iterator[str]:
+    with running(sim.create_app(environments=strict_config())) as root:
+        yield root
+
+
+@pytest.fixture
+def strict(strict_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    httpx.post(f"{strict_server}/_sandbox/reset").raise_for_status()
+    kit.set_limits(strict_server, 200, 12000)
+    monkeypatch.setenv("KONTENT_API_KEY", kit.KEY)
+    return strict_server
+
+
+def api(root: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{root}/v2/projects/{kit.ENV}", headers={"Authorization": f"Bearer {kit.KEY}"},
+                        timeout=10)
+
+
+def strict_job(root: str, tmp_path: Path, rows: list[dict], **settings: object) -> dict:
+    return kit.job_dict(str(kit.write_csv(tmp_path / "m.csv", rows)), root, tmp_path / "state", batch_size=2,
+                        concurrency=2, settings={**FAST, "tags_element": "colour", "tags_taxonomy": "colours",
+                                                 **settings})
+
+
+def rejects_of(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    with (tmp_path / "state" / "e2e" / f"kontent-{kit.ENV}" / "rejects.csv").open() as f:
+        return {r["id"]: (r["field"], r["reason"]) for r in csv.DictReader(f)}
+
+
+def test_references_are_checked_once_before_any_upload_and_sent_by_id(strict: str, tmp_path: Path) -> None:
+    base = kit.make_rows(tmp_path / "files", 8)
+    for r in base:
+        r["tags"] = ""
+    rows = [
+        {**base[0], "folder": "brand/2024/spring", "tags": "Red|dark green"},  # by names; terms by name/codename
+        {**base[1], "language": "de-DE", "folder": "images", "collection": "web"},
+        {**base[2], "folder": "brand/2025"},
+        {**base[3], "collection": "print"},
+        {**base[4], "language": "fr-FR"},
+        {**base[5], "tags": "Red|Purple"},
+        {**base[6], "id": "img/a.png"},
+        {**base[7], "id": "img~2Fa~2Epng"},  # what "img/a.png" maps to, escaped again: no collision
+    ]
+    job = strict_job(strict, tmp_path, rows)
+    summary = run(job)
+    assert (summary["loaded"], summary["rejected"]) == (4, 4), summary
+    rejects = rejects_of(tmp_path)
+    assert rejects[base[2]["id"]][0] == "folder" and "'2025' under 'brand'" in rejects[base[2]["id"]][1]
+    assert rejects[base[3]["id"]][0] == "collection" and "'print'" in rejects[base[3]["id"]][1]
+    assert rejects[base[4]["id"]][0] == "language" and "'fr-FR'" in rejects[base[4]["id"]][1]
+    assert rejects[base[5]["id"]][0] == "tags" and "'Purple'" in rejects[base[5]["id"]][1]
+    s = kit.stats(strict)
+    assert s["uploads"] == 4  # no binary of a rejected row was sent
+    by_route = s["by_route"]
+    assert [by_route[k] for k in ("languages", "folders", "collections", "taxonomies")] == [1, 1, 1, 1]  # once per run
+
+    with api(strict) as c:
+        folders = c.get("folders").json()["folders"]
+        terms = {t["codename"]: t["id"] for t in c.get("taxonomies").json()["taxonomies"][0]["terms"]}
+        assets = {a["external_id"]: a for a in kit.list_assets(strict)}
+    spring = next(f for f in folders if f["name"] == "brand")["folders"][0]["folders"][0]
+    first = assets[base[0]["id"]]
+    assert first["folder"] == {"id": spring["id"]}
+    assert first["descriptions"] == [{"language": {"id": ZERO}, "description": base[0]["description"]}]
+    assert first["elements"][0]["value"] == [{"id": terms["red"]}, {"id": terms["dark_green"]}]
+    assert assets[base[1]["id"]]["collection"] == {"reference": {"id": sim.reference_id("collection", "web")}}
+    assert set(assets) == {base[0]["id"], base[1]["id"], "img~2Fa~2Epng", "img~7E2Fa~7E2Epng"}
+    from connectors.core.ledger import Ledger
+
+    ledger = Ledger(str(tmp_path / "state" / "e2e" / f"kontent-{kit.ENV}")).load()
+    assert ledger.get("img/a.png").extra["external_id"] == "img~2Fa~2Epng"  # the mapping, in the ledger
+
+    before = kit.stats(strict)["requests"]
+    rows = [r for r in rows if r["id"] not in {base[i]["id"] for i in (2, 3, 4, 5)}]
+    kit.write_csv(tmp_path / "m.csv", rows)
+    again = run(job)
+    assert (again["unchanged"], again["loaded"]) == (4, 0)
+    assert kit.stats(strict)["requests"] == before  # a rerun with nothing to send reads nothing either
+
+
+def test_missing_folders_and_terms_are_created_when_the_settings_allow(strict: str, tmp_path: Path) -> None:
+    rows = kit.make_rows(tmp_path / "files", 3)
+    for r in rows:
+        r.update(folder="brand/2025/autumn", tags="Purple|red")
+    summary = run(strict_job(strict, tmp_path, rows, create_folders=True, create_terms=True))
+    assert summary["loaded"] == 3, summary
+    with api(strict) as c:
+        brand = next(f for f in c.get("folders").json()["folders"] if f["name"] == "brand")
+        terms = {t["codename"]: t["id"] for t in c.get("taxonomies").json()["taxonomies"][0]["terms"]}
+    autumn = next(f for f in brand["folders"] if f["name"] == "2025")["folders"][0]
+    assert autumn["name"] == "autumn" and "purple" in terms
+    for asset in kit.list_assets(strict):
+        assert asset["folder"] == {"id": autumn["id"]}
+        assert asset["elements"][0]["value"] == [{"id": terms["purple"]}, {"id": terms["red"]}]
+    by_route = kit.stats(strict)["by_route"]
+    assert (by_route["modify_folders"], by_route["modify_taxonomy"]) == (1, 1)  # created once, then found
+
+
+def test_descriptions_in_other_languages_survive_a_rerun_unless_replace(strict: str, tmp_path: Path) -> None:
+    rows = kit.make_rows(tmp_path / "files", 1)
+    rows[0]["tags"] = ""
+    job = strict_job(strict, tmp_path, rows)
+    assert run(job)["loaded"] == 1
+    ext = rows[0]["id"]
+    with api(strict) as c:  # an editor writes the German alt text in the UI
+        asset = c.get(f"assets/external-id/{ext}").json()
+        c.put(f"assets/external-id/{ext}", json={"descriptions": asset["descriptions"] + [
+            {"language": {"codename": "de-DE"}, "description": "Alternativtext"}]}).raise_for_status()
+    rows[0].update(title="New title", description="New alt text")
+    kit.write_csv(tmp_path / "m.csv", rows)
+    assert run(job)["loaded"] == 1
+    with api(strict) as c:
+        texts = sorted(d["description"] for d in c.get(f"assets/external-id/{ext}").json()["descriptions"])
+    assert texts == ["Alternativtext", "New alt text"]
+    assert kit.stats(strict)["uploads"] == 1  # a metadata change never uploads the file again
+
+    job["destination"]["settings"]["descriptions"] = "replace"
+    assert run(job)["loaded"] == 1
+    with api(strict) as c:
+        texts = [d["description"] for d in c.get(f"assets/external-id/{ext}").json()["descriptions"]]
+    assert texts == ["New alt text"]
+
+
+def test_only_a_refused_file_reference_uploads_again_and_409_is_retried(strict: str, tmp_path: Path) -> None:
+    rows = kit.make_rows(tmp_path / "files", 2)
+    for r in rows:
+        r["tags"] = ""
+    job = strict_job(strict, tmp_path, rows)
+    job.update(batch_size=1, concurrency=1)
+    assert run(job)["loaded"] == 2
+    # A validation error on the upsert: the row is rejected, its file is not uploaded again.
+    for r in rows:
+        r["title"] += " v2"
+    kit.write_csv(tmp_path / "m.csv", rows)
+    httpx.post(f"{strict}/_sandbox/faults", json={"status": 400, "count": 1, "route": "upsert"}).raise_for_status()
+    second = run(job)
+    assert (second["loaded"], second["rejected"]) == (1, 1), second
+    assert kit.stats(strict)["uploads"] == 2
+    # The asset was deleted in the UI; a 409 (concurrent change) answers first: retried, then the
+    # upsert without a file is refused for its missing file reference, so the file goes again.
+    with api(strict) as c:
+        c.delete(f"assets/external-id/{rows[1]['id']}").raise_for_status()
+    rows[1].update(title=rows[1]["title"] + " v3", description="")  # no description: no read first
+    kit.write_csv(tmp_path / "m.csv", rows)
+    httpx.post(f"{strict}/_sandbox/faults", json={"status": 409, "count": 1, "route": "upsert"}).raise_for_status()
+    third = run(job)
+    assert (third["loaded"], third["rejected"], third["failed"]) == (2, 0, 0), third
+    s = kit.stats(strict)
+    assert s["uploads"] == 3 and s["assets"] == 2
+
+
+def test_verify_finds_missing_changed_and_extra_and_reconcile_resends_the_missing(
+        strict: str, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    rows = kit.make_rows(tmp_path / "files", 4)
+    for r in rows:
+        r["tags"] = ""
+    job_data = strict_job(strict, tmp_path, rows)
+    assert run(job_data)["loaded"] == 4
+    job = kit.write_job(tmp_path / "job.yaml", job_data)
+    clean = CliRunner().invoke(app, ["verify", str(job), "--output", "json"])
+    assert clean.exit_code == 0, clean.output
+    assert json.loads(clean.output)["in_sync"] == 4
+    with api(strict) as c:  # in the UI: one asset deleted, one edited, one added
+        c.delete(f"assets/external-id/{rows[0]['id']}").raise_for_status()
+        c.put(f"assets/external-id/{rows[1]['id']}", json={"title": "edited in the UI"}).raise_for_status()
+        ref = c.post("files/other.txt", content=b"other", headers={"Content-Type": "text/plain"}).json()
+        c.put("assets/external-id/not-ours", json={"file_reference": ref}).raise_for_status()
+    result = CliRunner().invoke(app, ["verify", str(job), "--reconcile", "--output", "json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert (report["missing"], report["changed"], report["extra"]) == ([rows[0]["id"]], [rows[1]["id"]], ["not-ours"])
+    again = run(job_data)  # --reconcile marked the missing one: the next run sends it again
+    assert (again["loaded"], again["unchanged"]) == (1, 3), again
+    assert rows[0]["id"] in {a["external_id"] for a in kit.list_assets(strict)}
+
+
+def test_check_environment_false_reads_nothing_and_still_sends_the_default_language_by_id(
+        strict: str, tmp_path: Path) -> None:
+    rows = kit.make_rows(tmp_path / "files", 2)
+    for r in rows:
+        r["tags"] = ""
+    job = strict_job(strict, tmp_path, rows, check_environment=False)
+    del job["destination"]["settings"]["tags_element"]
+    assert run(job)["loaded"] == 2
+    by_route = kit.stats(strict)["by_route"]
+    assert by_route["languages"] == by_route["folders"] == 0
+    for asset in kit.list_assets(strict):
+        assert asset["descriptions"][0]["language"] == {"id": ZERO}  # the default is named en-US here

@@ -9,7 +9,15 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.core.errors import TransientError
-from connectors.vendors.kontent import KontentConnector, parse_error
+from connectors.core.files import FileInfo
+from connectors.core.ledger import entry
+from connectors.vendors.base import Row, Unit
+from connectors.vendors.kontent import (
+    KontentConnector,
+    external_id_for,
+    parse_error,
+    term_codename,
+)
 from tests import kit
 
 
@@ -91,3 +99,77 @@ def test_resume_after_upload_reuses_the_file_reference(kontent: str, tmp_path: P
     assert kit.stats(kontent)["uploads"] == uploads_before  # no second upload
     asset = c.find([rows[0]["id"]])[rows[0]["id"]]
     assert asset["file_reference"]["id"] == priors[rows[0]["id"]].file_ref
+
+
+# ---- issue 16 -----------------------------------------------------------------------------
+
+
+
+def test_external_ids_are_escaped_reversibly_and_plain_ids_are_unchanged() -> None:
+    assert external_id_for("SKU-0001_a b") == "SKU-0001_a b"
+    assert external_id_for("img/a.png") == "img~2Fa~2Epng"
+    assert external_id_for("a;b") == "a~3Bb"
+    ids = ["a/b", "a~2Fb", "a.b", "a~2Eb", "a~", "a~7E"]
+    mapped = [external_id_for(i) for i in ids]
+    assert len(set(mapped)) == len(ids)  # collision-free
+    assert not any(c in m for m in mapped for c in "/.;")
+
+
+def test_tags_in_codename_form() -> None:
+    assert term_codename("Dark Green!") == "dark_green"
+    assert term_codename("2024 Spring") == "n2024_spring"
+    assert len(term_codename("x" * 100)) == 60
+
+
+def test_a_file_of_unknown_size_is_rejected_and_100_mb_means_mib() -> None:
+    c = connector("https://manage.kontent.ai")
+    assert c.check({}, FileInfo(size=None, fingerprint="x"))[0] == "file"
+    assert c.check({}, FileInfo(size=100 * 1024 * 1024, fingerprint="x")) is None
+    assert c.check({}, FileInfo(size=100 * 1024 * 1024 + 1, fingerprint="x")) is not None
+
+
+def test_a_metadata_change_sends_no_file_reference_a_new_file_does(tmp_path: Path) -> None:
+    c = connector("https://manage.kontent.ai")
+    data = {"id": "A-1", "title": "t", "description": None, "file": "x.png", "file_name": "x.png",
+            "content_type": "image/png", "_language": "default", "tags": []}
+    loaded = entry("A-1", "loaded", "run-1", vendor_id="asset-1", file_ref="file-1", file_hash="h1")
+    same = Row(id="A-1", data=data, index=0, info=FileInfo(size=3, fingerprint="f"), prior=loaded, file_hash="h1")
+    plan = c.plan(Unit([same]))
+    assert plan.action == "upsert" and [r["method"] for r in plan.requests] == ["PUT"]
+    assert "file_reference" not in plan.requests[0]["json"] and "descriptions" not in plan.requests[0]["json"]
+    changed = Row(id="A-1", data=data, index=0, info=FileInfo(size=3, fingerprint="g"), prior=loaded, file_hash="h2")
+    plan = c.plan(Unit([changed]))
+    assert [r["method"] for r in plan.requests] == ["POST", "PUT"] and "file_reference" in plan.requests[1]["json"]
+
+
+def test_validate_check_vendor_rejects_unknown_references_without_uploading(
+        kontent: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    kit.set_limits(kontent, 200, 12000)
+    rows = kit.make_rows(tmp_path / "files", 3)
+    rows[1]["folder"] = "brand/2025"
+    rows[2]["tags"] = "kettle|purple"
+    job = kit.write_job(tmp_path / "job.yaml", kit.job_dict(
+        str(kit.write_csv(tmp_path / "m.csv", [{**r, "tags": r["tags"] if i == 2 else "kettle"}
+                                               for i, r in enumerate(rows)])),
+        kontent, tmp_path / "state", settings={"tags_element": "tags"}))
+    result = CliRunner().invoke(app, ["validate", str(job), "--check-vendor", "--output", "json"])
+    assert result.exit_code == 1, result.output
+    import json
+
+    out = json.loads(result.output)
+    assert out["destination_check"].startswith("checked")
+    reasons = {r["id"]: (r["field"], r["reason"]) for r in out["rejects"]}
+    assert reasons[rows[1]["id"]][0] == "folder" and "'2025' under 'brand'" in reasons[rows[1]["id"]][1]
+    assert reasons[rows[2]["id"]][0] == "tags" and "'purple'" in reasons[rows[2]["id"]][1]
+    assert len(reasons) == 2
+    s = kit.stats(kontent)
+    assert s["uploads"] == 0 and s["requests"] == 4  # languages, folders, collections, taxonomies
+
+    monkeypatch.delenv("KONTENT_API_KEY")
+    result = CliRunner().invoke(app, ["validate", str(job), "--check-vendor"])
+    assert "credentials not available" in " ".join(result.output.split())
+    assert "KONTENT_API_KEY" in result.output and kit.KEY not in result.output

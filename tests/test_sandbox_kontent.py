@@ -144,7 +144,7 @@ def test_upload_create_and_get_by_id_codename_and_external_id(box: Box) -> None:
         box.api,
         file_id,
         title="Coffee Brewing Techniques",
-        external_id="ext id/42",
+        external_id="ext id#42",
         descriptions=[{"language": {"codename": "en-US"}, "description": "alt"}],
     )
     assert created["codename"] == "coffee_brewing_techniques"
@@ -153,9 +153,9 @@ def test_upload_create_and_get_by_id_codename_and_external_id(box: Box) -> None:
     assert created["file_reference"] == {"id": file_id, "type": "internal"}
     assert created["descriptions"] == [{"language": {"id": reference_id("language", "en-US")}, "description": "alt"}]
     assert created["folder"] == {"id": ZERO_ID} and created["collection"] == {"reference": None}
-    assert created["elements"] == [] and created["external_id"] == "ext id/42"
+    assert created["elements"] == [] and created["external_id"] == "ext id#42"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z", created["last_modified"])
-    for identifier in (created["id"], "codename/coffee_brewing_techniques", "external-id/ext%20id%2F42"):
+    for identifier in (created["id"], "codename/coffee_brewing_techniques", "external-id/ext%20id%2342"):
         r = box.api.get(f"assets/{identifier}")
         assert r.status_code == 200, identifier
         assert r.json() == created
@@ -423,7 +423,8 @@ def test_stats_count_routes_and_reset_clears_everything(box: Box) -> None:
     box.api.get("assets")
     box.api.delete(f"assets/{asset['id']}")
     stats = box.stats()
-    assert stats["by_route"] == {"upload": 1, "create": 1, "upsert": 1, "get": 1, "list": 1, "delete": 1}
+    assert {k: v for k, v in stats["by_route"].items() if v} == {"upload": 1, "create": 1, "upsert": 1, "get": 1,
+                                                                  "list": 1, "delete": 1}
     assert (stats["requests"], stats["accepted"], stats["uploads"], stats["bytes_uploaded"]) == (6, 6, 1, 5)
     add(box.api, upload(box.api, b"1", "b.txt", "text/plain"))
     assert box.stats()["assets"] == 1
@@ -436,3 +437,82 @@ def test_stats_count_routes_and_reset_clears_everything(box: Box) -> None:
 def test_banner_names_base_url_and_demo_credentials() -> None:
     line = banner("kontent", "http://127.0.0.1:8799")
     assert "http://127.0.0.1:8799/v2" in line and DEMO_ENVIRONMENT_ID in line and DEMO_API_KEY in line
+
+
+# ---- environment listings (shapes the JS management SDK parses) and strict references ----------
+
+
+def strict_env(**kw: Any) -> dict[str, EnvConfig]:
+    return {ENV: EnvConfig(DEMO_API_KEY, kw.pop("languages", ["en-US", "de-DE"]), collections=["default", "web"],
+                           folders=["images", "brand/2024/spring"],
+                           taxonomies={"colours": ["Red", "Dark green"]}, asset_elements={"colour": "colours"}, **kw)}
+
+
+def test_listings_have_the_sdk_shapes_and_the_default_language_is_the_zero_id(start: Callable[..., Box]) -> None:
+    box = start(environments=strict_env())
+    langs = box.api.get("languages").json()
+    assert set(langs) == {"languages", "pagination"} and langs["pagination"]["continuation_token"] is None
+    default = [lang for lang in langs["languages"] if lang["is_default"]]
+    assert [(d["id"], d["codename"]) for d in default] == [(ZERO_ID, "en-US")]  # renamed default language
+    folders = box.api.get("folders").json()
+    assert set(folders) == {"folders", "last_modified"}
+    brand = next(f for f in folders["folders"] if f["name"] == "brand")
+    assert brand["folders"][0]["name"] == "2024" and brand["folders"][0]["folders"][0]["name"] == "spring"
+    assert brand["folders"][0]["folders"][0]["external_id"] == "brand/2024/spring"
+    assert [c["codename"] for c in box.api.get("collections").json()["collections"]] == ["default", "web"]
+    tax = box.api.get("taxonomies").json()
+    assert set(tax) == {"taxonomies", "pagination"}
+    assert [(t["name"], t["codename"]) for t in tax["taxonomies"][0]["terms"]] == [("Red", "red"),
+                                                                                  ("Dark green", "dark_green")]
+    stats = box.stats()["by_route"]
+    assert (stats["languages"], stats["folders"], stats["collections"], stats["taxonomies"]) == (1, 1, 1, 1)
+
+
+def test_the_renamed_default_language_is_not_reachable_as_codename_default(start: Callable[..., Box]) -> None:
+    box = start(environments=strict_env())
+    ref = {"id": upload(box.api, png(1, 1)), "type": "internal"}
+    r = box.api.post("assets", json={"file_reference": ref,
+                                     "descriptions": [{"language": {"codename": "default"}, "description": "x"}]})
+    assert_kontent_error(r, 400)
+    asset = add(box.api, ref["id"], descriptions=[{"language": {"id": ZERO_ID}, "description": "x"}])
+    assert asset["descriptions"] == [{"language": {"id": ZERO_ID}, "description": "x"}]
+
+
+def test_elements_and_terms_are_resolved_and_stored_by_id(start: Callable[..., Box]) -> None:
+    box = start(environments=strict_env())
+    tax = box.api.get("taxonomies").json()["taxonomies"][0]
+    red, green = (t["id"] for t in tax["terms"])
+    ref = {"id": upload(box.api, png(1, 1)), "type": "internal"}
+    for bad in ([{"element": {"codename": "nope"}, "value": []}],
+                [{"element": {"codename": "colour"}, "value": [{"codename": "blue"}]}]):
+        body = assert_kontent_error(box.api.post("assets", json={"file_reference": ref, "elements": bad}), 400)
+        assert "does not exist" in body["validation_errors"][0]["message"]
+    asset = add(box.api, ref["id"], external_id="e1",
+                elements=[{"element": {"codename": "colour"}, "value": [{"codename": "red"}, {"id": green}]}])
+    element_id = reference_id("asset_element", "colour")
+    assert asset["elements"] == [{"element": {"id": element_id}, "value": [{"id": red}, {"id": green}]}]
+    assert box.stats()["assets"] == 1
+
+
+def test_external_ids_with_slash_dot_or_semicolon_are_refused(box: Box) -> None:
+    ref = {"id": upload(box.api, png(1, 1)), "type": "internal"}
+    for x in ("a/b", "a.b", "a;b"):
+        assert_kontent_error(box.api.put(f"assets/external-id/{quote(x, safe='')}", json={"file_reference": ref}), 400)
+        assert_kontent_error(box.api.post("assets", json={"file_reference": ref, "external_id": x}), 400)
+    assert box.stats()["assets"] == 0
+
+
+def test_folders_and_terms_can_be_added_and_the_folder_limit_holds(start: Callable[..., Box]) -> None:
+    box = start(environments=strict_env())
+    brand = next(f for f in box.api.get("folders").json()["folders"] if f["name"] == "brand")
+    r = box.api.patch("folders", json=[{"op": "addInto", "reference": {"id": brand["id"]},
+                                        "value": {"name": "2025", "folders": [{"name": "autumn"}]}}])
+    assert r.status_code == 200, r.text
+    y2025 = next(f for f in r.json()["folders"] if f["name"] == "brand")["folders"][1]
+    assert (y2025["name"], y2025["folders"][0]["name"]) == ("2025", "autumn")
+    too_many = [{"op": "addInto", "value": {"name": f"f{i}"}} for i in range(1000)]
+    assert_kontent_error(box.api.patch("folders", json=too_many), 400)
+    r = box.api.patch("taxonomies/codename/colours", json=[{"op": "addInto", "value": {"name": "Blue"}}])
+    assert r.status_code == 200 and r.json()["terms"][-1]["codename"] == "blue"
+    add(box.api, upload(box.api, png(1, 1)), folder={"id": y2025["folders"][0]["id"]},
+        elements=[{"element": {"codename": "colour"}, "value": [{"codename": "blue"}]}])

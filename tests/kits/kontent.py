@@ -27,7 +27,9 @@ KIT = Kit(
     bad_env={"KONTENT_API_KEY": "not-the-key"},
     rows=lambda folder, n: kontent_kit.make_rows(folder, n),
     stored=lambda root: Counter(r["external_id"] for r in records(root)),
-    refuse=lambda row: {**row, "folder": "no-such-folder"},
+    # Kontent refuses an upload whose Content-Type does not match the file's extension (a folder
+    # that does not exist is now rejected by our own check, before anything is sent).
+    refuse=lambda row: {**row, "content_type": "image/png"},
     store_route="upsert",
     reset=_reset,
 )
