@@ -14,10 +14,12 @@ import pandas as pd
 from pydantic import SecretStr
 
 from connectors.core.credentials import resolve_credentials, resolve_options
-from connectors.core.files import resolve_paths
+from connectors.core.fetchurls import FetchableURLs
+from connectors.core.files import AccessPolicy, FileStore, resolve_paths
 from connectors.core.job import JobSpec
 from connectors.core.ledger import Ledger, RejectsWriter
-from connectors.core.records import REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window
+from connectors.core.records import (REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window,
+                                     rejects_frame)
 from connectors.sources.manifest import ManifestSource
 from connectors.vendors import vendor_class
 from connectors.vendors.base import Connector
@@ -30,8 +32,41 @@ def make_connector(job: JobSpec, credentials: dict[str, SecretStr] | None = None
     cls = vendor_class(job.destination.vendor)
     if credentials is None:
         credentials = resolve_credentials(job.destination.credentials)
-    return cls(url=job.destination.url, settings=job.destination.settings, credentials=credentials,
-               file_options=resolve_options(job.source.options))
+    connector = cls(url=job.destination.url, settings=job.destination.settings, credentials=credentials,
+                    file_options=resolve_options(job.source.options))
+    files = getattr(connector, "files", None)
+    if isinstance(files, FileStore):  # checked again at stat and open (links resolved then)
+        files.policy = access_policy(job)
+    for value in vars(connector).values():  # files the vendor fetches by URL: never an unallowed one
+        if isinstance(value, FetchableURLs):
+            value.policy = access_policy(job)
+    return connector
+
+
+def access_policy(job: JobSpec) -> AccessPolicy:
+    """Where the job's asset files may be read from (``source.allowed_roots``/``allowed_hosts``)."""
+    src = job.source
+    return AccessPolicy.build(src.url, src.allowed_roots, src.allowed_hosts)
+
+
+#: A media type as HTTP carries it: printable ASCII, ``type/subtype`` (parameters allowed).
+_MEDIA_TYPE = r"^[!-~]+/[!-~]+(?:\s*;[ -~]*)?$"
+
+
+def trust_rejects(good: pd.DataFrame, policy: AccessPolicy | None) -> pd.Series:
+    """Per row, ``"field\x00reason"`` for a row that must not go further (a file outside the
+    allowed roots or hosts, a content type no HTTP header can carry), else NA. Vectorised; reads
+    nothing, contacts nothing."""
+    out = pd.Series(pd.NA, index=good.index, dtype="string")
+    if policy is not None and "file" in good.columns:
+        reason = policy.check(good["file"])
+        hit = reason.notna()
+        out[hit] = "file\x00not allowed: " + reason[hit]
+    if "content_type" in good.columns:
+        types = good["content_type"].astype("string")
+        bad = types.notna() & ~types.str.match(_MEDIA_TYPE).fillna(False).astype(bool) & out.isna()
+        out[bad] = "content_type\x00not a valid media type (printable ASCII type/subtype)"
+    return out
 
 
 def state_options(job: JobSpec) -> dict[str, Any] | None:
@@ -78,6 +113,7 @@ class Pipeline:
         src = self.job.source
         self.source = ManifestSource(src.url, format=src.format, options=resolve_options(src.options),
                                      columns=src.columns)
+        self.policy = access_policy(self.job)
 
     def prepared(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(ready rows, rejected rows) per source chunk, after the window and the limit."""
@@ -90,6 +126,14 @@ class Pipeline:
             good, rejects = canonicalize(chunk, tracker, spec.required_columns)
             if spec.files and len(good):
                 good["file"] = resolve_paths(good["file"], good["_source"])
+            if len(good):  # before any stat: a refused file is never read, no host contacted
+                refused = trust_rejects(good, self.policy if spec.files else None)
+                hit = refused.notna().to_numpy(dtype=bool)
+                if hit.any():
+                    parts = refused[hit].str.split("\x00", n=1, expand=True)
+                    found = rejects_frame(good[hit], field=parts[0], reason=parts[1])
+                    rejects = pd.concat([rejects, found], ignore_index=True) if len(rejects) else found
+                    good = good[~hit].reset_index(drop=True)
             if len(good) and good["updated_at"].notna().any():
                 newest = good["updated_at"].max()
                 self.counts.newest = newest if self.counts.newest is None else max(self.counts.newest, newest)

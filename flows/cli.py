@@ -253,7 +253,10 @@ def run(
         if dry_run:
             raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3,
                                       full_refresh=full_refresh, output=output))
-        _check_before_prefect(job)  # configuration problems answered before Prefect starts
+        from connectors.core.records import parse_window
+
+        parse_window(since, until)  # configuration problems are answered before Prefect starts
+        _check_before_prefect(job)
         summary = _run_flow(job, since, until, limit, full_refresh)
     except AssetferryError as exc:
         _fail(str(exc), output=output)
@@ -295,7 +298,7 @@ def verify(
         if reconcile:
             mark_missing(ledger, index, report.missing)
     except AssetferryError as exc:
-        _fail(str(exc))
+        _fail(str(exc), output=output)
     if output == "json":
         console.print_json(json.dumps({"job": job.name, "vendor": job.destination.vendor, **report.to_dict(),
                                        "reconciled": len(report.missing) if reconcile else 0}))
@@ -354,7 +357,7 @@ def validate(
         code = _preview(job, since, until, limit, use_ledger=True, out=None, sample=sample, title="validation",
                         full_refresh=True, output=output, check_vendor=check_vendor)
     except AssetferryError as exc:
-        _fail(str(exc))
+        _fail(str(exc), output=output)
     raise typer.Exit(code)
 
 

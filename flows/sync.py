@@ -366,7 +366,7 @@ def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline,
         logger.error("stopped: %s", exc)
         batches.abandon()
     finally:
-        rejects.close()
+        rejects.close(failed=bool(summary.error))  # a refused run keeps the previous rejects file
     batches.report(final=True)
     notes = getattr(connector, "notes", None)  # rows the vendor's prepare changed (not rejected)
     if notes:

@@ -184,7 +184,7 @@ def test_rejects_writer_appends_and_clears_previous_file(tmp_path: Path) -> None
     path = tmp_path / "rejects.csv"
     path.write_text("old\n")
     w = RejectsWriter(str(path), ["id", "reason"])
-    assert not path.exists()  # last run's rejects removed at start
+    assert path.read_text() == "old\n"  # kept until close replaces it: a refused run never loses it
     w.write(pd.DataFrame({"id": ["a"], "reason": ["bad, really"]}))
     w.write(pd.DataFrame({"id": ["b"], "reason": ["worse"]}))
     w.close()

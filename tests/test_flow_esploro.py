@@ -162,7 +162,8 @@ def test_s3_and_staged_files_one_request_per_parent_job_extracts_then_rerun_send
         r["file"] = f"s3://{BUCKET}/src/{Path(r['file']).name}"
     rows[0]["file_type"], rows[0]["supplemental"] = "supplementary", "yes"
     data = job_data(esploro, tmp_path, rows, {"staging": f"s3://{BUCKET}/stage/", "expires_seconds": 3600},
-                    source={"options": s3_options(s3_endpoint)}, batch_size=2)
+                    source={"options": s3_options(s3_endpoint),  # the manifest's folder + the bucket
+                            "allowed_roots": [str(tmp_path), f"s3://{BUCKET}/src/"]}, batch_size=2)
 
     first = run(data)
 
@@ -259,7 +260,7 @@ def test_unknown_asset_and_bad_rows_are_rejected_with_reasons_the_rest_loads(
     ]
     assert local  # (no staging configured: the local row cannot get a URL)
 
-    summary = run(job_data(esploro, tmp_path, rows))
+    summary = run(job_data(esploro, tmp_path, rows, source={"allowed_hosts": ["127.0.0.1"]}))  # the file server
 
     assert (summary["loaded"], summary["rejected"], summary["exit_code"]) == (2, 6, 1), summary
     rejects = pd.read_csv(summary["rejects_file"]).set_index("id")
@@ -281,7 +282,8 @@ def test_per_second_threshold_is_waited_out_and_the_default_pace_sees_none(
     parents = [f"9910000{i:04d}0561" for i in range(30)]
     control(esploro, "assets", {"ids": parents})
     rows = rows_for(tmp_path / "a", parents, 1, prefix="A")
-    healthy = run(job_data(esploro, tmp_path / "healthy", rows, staged(served), batch_size=5, concurrency=3))
+    healthy = run(job_data(esploro, tmp_path / "healthy", rows, staged(served), batch_size=5, concurrency=3,
+                           source={"allowed_roots": [str(tmp_path)]}))  # files beside the manifest's folder
     assert healthy["loaded"] == 30 and stats(esploro)["throttled"] == 0  # paced at the documented 25/s
 
     httpx.post(f"{esploro}/_sandbox/reset").raise_for_status()
@@ -290,7 +292,7 @@ def test_per_second_threshold_is_waited_out_and_the_default_pace_sees_none(
     rows = rows_for(tmp_path / "b", parents[:6], 1, prefix="B")
 
     throttled = run(job_data(esploro, tmp_path / "throttled", rows, {**staged(served), "throttle_wait_seconds": 1},
-                             batch_size=2, concurrency=3))
+                             batch_size=2, concurrency=3, source={"allowed_roots": [str(tmp_path)]}))
 
     assert (throttled["loaded"], throttled["failed"]) == (6, 0), throttled
     assert stats(esploro)["throttled"] > 0

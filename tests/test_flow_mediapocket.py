@@ -153,7 +153,8 @@ def test_s3_and_staged_local_files_arrive_once_then_rerun_sends_nothing_and_chan
         s3.pipe_file(f"{BUCKET}/{tmp_path.name}/src/{rid}.png", data[rid])
         rows.append({"id": rid, "title": f"Title {rid}", "category": "Photo", "tags": "",
                      "file": f"s3://{BUCKET}/{tmp_path.name}/src/{rid}.png"})
-    data_job = job(root, tmp_path, rows, source={"options": s3_options(s3_endpoint, S3_REFS)},
+    data_job = job(root, tmp_path, rows, source={"options": s3_options(s3_endpoint, S3_REFS),
+                                                 "allowed_roots": [str(tmp_path), f"s3://{BUCKET}/{tmp_path.name}/src/"]},
                    staging=f"s3://{BUCKET}/{tmp_path.name}/stage/")
 
     first = run(data_job)
@@ -200,7 +201,7 @@ def test_http_files_pass_through_unchanged(mp: tuple[str, str, Path], tmp_path: 
         data[rid] = f"{rid} over http ".encode() * (40 + i)
         (www / f"{tmp_path.name}-{rid}.jpg").write_bytes(data[rid])
         rows.append({"id": rid, "title": f"Title {rid}", "file": f"{files}/{tmp_path.name}-{rid}.jpg?v=1"})
-    data_job = job(root, tmp_path, rows)  # no staging needed: nothing local
+    data_job = job(root, tmp_path, rows, source={"allowed_hosts": ["127.0.0.1"]})  # no staging needed: nothing local
     assert run(data_job)["loaded"] == 3
     got = records(root)
     for r in rows:
@@ -219,7 +220,9 @@ def test_files_in_the_configured_bucket_are_sent_as_s3_keys(mp: tuple[str, str, 
         s3.pipe_file(f"{BUCKET}/{key}", data[f"K-{i}"])
         s3.call_s3("put_object_acl", Bucket=BUCKET, Key=key, ACL="public-read")  # Media Pocket's read access
     rows = [{"id": f"K-{i}", "title": f"K{i}", "file": f"s3://{BUCKET}/{key}"} for i, key in enumerate(keys)]
-    data_job = job(root, tmp_path, rows, source={"options": s3_options(s3_endpoint, S3_REFS)}, s3_bucket=BUCKET)
+    data_job = job(root, tmp_path, rows, source={"options": s3_options(s3_endpoint, S3_REFS),
+                                                 "allowed_roots": [f"s3://{BUCKET}/{tmp_path.name}/keyed/"]},
+                   s3_bucket=BUCKET)
 
     assert run(data_job)["loaded"] == 2
     got = records(root)
@@ -351,7 +354,7 @@ def test_local_files_without_staging_are_rejected_before_sending(mp: tuple[str, 
     root, files, _ = mp
     rows, _ = local_rows(tmp_path / "files", 2)
     rows.append({"id": "NOFILE", "title": "x", "file": "gs://bucket/x.png"})
-    summary = run(job(root, tmp_path, rows))
+    summary = run(job(root, tmp_path, rows, source={"allowed_roots": [str(tmp_path), "gs://bucket/"]}))
     assert (summary["loaded"], summary["rejected"]) == (0, 3)
     got = rejects(summary)
     assert got["L-0"]["field"] == "file" and "staging" in got["L-0"]["reason"]

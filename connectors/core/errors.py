@@ -43,6 +43,9 @@ class TransientError(VendorResponseError):
     """
 
     maybe_applied: bool = False
+    #: Our side failed to send (e.g. a file that changed while sent), not the vendor: it does not
+    #: count towards "the vendor looks down".
+    local: bool = False
 
 
 class QuotaExhausted(VendorResponseError):

@@ -25,7 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from connectors.core.errors import ConfigError, RejectedError, TransientError
-from connectors.core.files import FileStore
+from connectors.core.files import AccessPolicy, FileStore
 
 #: SigV4 presigned URLs are valid for at most 7 days; AWS refuses to honour a longer expiry.
 MAX_EXPIRES_SECONDS = 604800
@@ -129,15 +129,26 @@ class FetchableURLs:
     logged (see module docstring).
     """
 
-    def __init__(self, settings: FetchSettings, file_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: FetchSettings, file_options: dict[str, Any] | None = None,
+                 policy: AccessPolicy | None = None) -> None:
         self.settings = settings
         self._file_options = dict(file_options or {})
         # Same options for stat (HEAD) and presign: the signer must hold the reader's credentials.
-        self._sources = FileStore(_with_sigv4(self._file_options))
+        self._sources = FileStore(_with_sigv4(self._file_options), policy=policy)
         self._staging_root = settings.staging.rstrip("/") if settings.staging else None
         self._staging_protocol = _protocol(settings.staging) if settings.staging else None
         self._staging_fs: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> AccessPolicy | None:
+        """Where files may come from (the job's allowed roots and hosts): a file outside is
+        rejected before any URL is made for it (never presigned, staged or passed through)."""
+        return self._sources.policy
+
+    @policy.setter
+    def policy(self, value: AccessPolicy | None) -> None:
+        self._sources.policy = value
 
     # --- no I/O -----------------------------------------------------------------------------
 
@@ -194,6 +205,9 @@ class FetchableURLs:
         reason = self._reason(file)
         if reason is not None:
             raise RejectedError(reason, field="file")
+        refused = self._sources.refused(file)
+        if refused is not None:
+            raise RejectedError(f"not allowed: {refused}", field="file")
         protocol = _protocol(file)
         if protocol in _PASS:
             return file

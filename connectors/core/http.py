@@ -20,6 +20,13 @@ from connectors.core.ratelimit import Limiter, SlidingWindowLimiter
 
 log = logging.getLogger("assetferry.http")
 
+try:  # h11's own error escapes httpcore's mapping while a streamed body is being written
+    from h11 import LocalProtocolError as _H11LocalProtocolError
+
+    _LOCAL_PROTOCOL_ERRORS: tuple[type[Exception], ...] = (httpx.LocalProtocolError, _H11LocalProtocolError)
+except ImportError:  # pragma: no cover - h11 comes with httpx
+    _LOCAL_PROTOCOL_ERRORS = (httpx.LocalProtocolError,)
+
 #: The default table, status -> what the caller does next: retry (transient), stop (auth), else
 #: reject the request. A connector's ``classify`` reads the body first and overrides it.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -316,11 +323,29 @@ class VendorHTTP:
             body = None
             upload = None
             try:
-                body = content() if content is not None else None
-                upload = files() if files is not None else None
+                try:
+                    body = content() if content is not None else None
+                    upload = files() if files is not None else None
+                except OSError as exc:  # this row's file: stat'ed fine, but cannot be opened now
+                    why = str(exc) if isinstance(exc, PermissionError) and str(exc).startswith("not allowed") \
+                        else (exc.strerror or type(exc).__name__)
+                    raise RejectedError(f"cannot open file: {why}", field="file") from None
+                try:
+                    request = self.client.build_request(method, url, json=json, content=body, data=data,
+                                                        files=upload, params=params, headers=headers)
+                except (UnicodeError, ValueError, TypeError) as exc:  # e.g. a non-ASCII header value
+                    raise RejectedError(f"request cannot be built ({type(exc).__name__}): "
+                                        f"{self.redact(str(exc))[:200]}") from None
                 self.requests_sent += 1
-                response = self.client.request(method, url, json=json, content=body, data=data, files=upload,
-                                               params=params, headers=headers, auth=self.auth or httpx.USE_CLIENT_DEFAULT)
+                response = self.client.send(request, auth=self.auth or httpx.USE_CLIENT_DEFAULT)
+            except _LOCAL_PROTOCOL_ERRORS as exc:
+                # Our side broke the request (a body longer or shorter than its Content-Length: a
+                # file still being written). Not the vendor's fault, and not retried at once.
+                error = TransientError(f"{method} {url}: the request body did not match its size "
+                                       f"({self.redact(str(exc))[:200]}); was the file still being written?")
+                error.local = True
+                error.maybe_applied = not idempotent
+                raise error from None
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 if not idempotent and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):

@@ -28,6 +28,17 @@ class SourceSpec(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="rename source columns to canonical names"
     )
+    allowed_roots: list[str] | None = Field(
+        default=None,
+        description="folders (local, relative = to the job file) and object-store prefixes "
+                    "(s3://bucket/prefix/) asset files may be read from; default: the manifest's own "
+                    "folder. A file elsewhere (symlinks resolved) is rejected, never read")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts (cdn.example.com, host:port, *.example.com, an IP or CIDR) or URL prefixes "
+                    "(https://cdn.example.com/assets/) http(s) asset files may be fetched from; default: "
+                    "none, no http(s) file is fetched. Names resolving to loopback, link-local or private "
+                    "addresses are refused unless listed exactly")
 
     @field_validator("options")
     @classmethod
@@ -51,6 +62,23 @@ class DestinationSpec(BaseModel):
         default_factory=dict, description="env:NAME or secret:BLOCK_NAME references"
     )
     settings: dict[str, Any] = Field(default_factory=dict, description="vendor-specific settings")
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value) if value else None
+            has_password = bool(parts and parts.password)
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if has_password:
+            # The job is a flow parameter (stored and shown by Prefect): never a password in it.
+            # Never echo the value either.
+            raise ValueError("must not contain user:password@; give the vendor's credentials as "
+                             "env:NAME or secret:BLOCK_NAME references under destination.credentials")
+        return value
 
     @field_validator("credentials")
     @classmethod
@@ -82,6 +110,21 @@ class JobSpec(BaseModel):
     retry_delay_seconds: float = Field(default=30.0, ge=0)
     lock_wait_seconds: float = Field(
         default=0.0, ge=0, description="how long a run waits for another run of this job to finish")
+
+    @field_validator("state")
+    @classmethod
+    def _not_a_system_path(cls, value: str) -> str:
+        if value.startswith(("/", "file://")):
+            _refuse_system_state(value)
+        return value
+
+
+def _refuse_system_state(path: str) -> None:
+    from connectors.core.files import is_system_path
+
+    if is_system_path(path):
+        raise ValueError(f"state {path} is a system folder (/, /etc, /usr, /proc, ...): choose a folder "
+                         "of your own")
 
 
 def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list[str]:
@@ -168,6 +211,14 @@ def relative_to(job: JobSpec, base: Path) -> JobSpec:
     updates: dict[str, Any] = {}
     if _is_local(job.source.url):
         updates["source"] = job.source.model_copy(update={"url": str(base / job.source.url)})
+    if job.source.allowed_roots:
+        roots = [str(base / r) if _is_local(r) else r for r in job.source.allowed_roots]
+        source = updates.get("source", job.source)
+        updates["source"] = source.model_copy(update={"allowed_roots": roots})
     if _is_local(job.state):
         updates["state"] = str(base / job.state)
+        try:
+            _refuse_system_state(updates["state"])
+        except ValueError as exc:
+            raise ConfigError(f"invalid job file:\n  {base}: state: {exc}") from None
     return job.model_copy(update=updates)

@@ -468,13 +468,36 @@ class JournalWriter:
 
 
 SAMPLE_ROWS = 20
+#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection, OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """A copy where every text cell of ``columns`` starting with ``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return is prefixed with ``'`` (shown as text by spreadsheets); other cells and
+    non-text columns are unchanged. Vectorised per column."""
+    out = frame
+    for column in columns:
+        values = frame[column]
+        if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)):
+            continue
+        text = values.astype("string")
+        risky = text.str.startswith(FORMULA_STARTS).fillna(False).astype(bool)
+        if risky.any():
+            if out is frame:
+                out = frame.copy()
+            out[column] = values.astype(object).where(~risky, "'" + text)
+    return out
 
 
 class RejectsWriter:
     """The run's rejects CSV (``source,row,id,field,reason,record``), written as rows arrive.
 
-    Local files grow row by row (a killed run keeps what it found); object stores get the whole
-    file at close. A run that rejects nothing leaves no file and removes the previous run's.
+    Local rows go to ``<name>.partial`` row by row (a killed run keeps what it found there) and
+    replace the previous run's file at ``close``; object stores get the whole file at close.
+    Until then the previous run's file stays as it was: a run refused at the start (401, a bad
+    manifest) never loses it. A completed run that rejects nothing removes the previous file;
+    ``close(failed=True)`` (a run that stopped on an error) keeps it unless this run found rows.
     """
 
     def __init__(self, url: str, columns: Iterable[str], storage_options: dict[str, Any] | None = None) -> None:
@@ -485,11 +508,13 @@ class RejectsWriter:
         self.sample: list[dict[str, Any]] = []  # the first rows, for the UI
         self._remote_buffer: io.StringIO | None = None
         self._file: Any = None
+        self._closed = False
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        if self.fs.exists(self.path):
-            self.fs.rm(self.path)
+        self._partial = self.path + ".partial"
         if "file" in protocols:
             self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+            if os.path.exists(self._partial):  # a killed run's leftovers
+                os.unlink(self._partial)
         else:
             self._remote_buffer = io.StringIO()
 
@@ -497,8 +522,9 @@ class RejectsWriter:
         if frame.empty:
             return
         if self._file is None and self._remote_buffer is None:
-            self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._file = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
         target = self._file if self._file is not None else self._remote_buffer
+        frame = neutralise_formulas(frame, [c for c in self.columns if c in frame.columns])
         frame.to_csv(target, columns=self.columns, header=self.count == 0, index=False, quoting=csv.QUOTE_MINIMAL)
         if len(self.sample) < SAMPLE_ROWS:
             keep = [c for c in ("source", "row", "id", "field", "reason") if c in frame.columns]
@@ -507,10 +533,15 @@ class RejectsWriter:
             self._file.flush()
         self.count += len(frame)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Publish this run's file in place of the previous one (see the class docstring)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._remote_buffer is not None and self.count:
+            os.replace(self._partial, self.path)  # atomic: readers see the old file or the new
+        elif self._remote_buffer is not None and self.count:
             self.fs.pipe_file(self.path, self._remote_buffer.getvalue().encode("utf-8"))
-            self._remote_buffer = None
+        elif not self.count and not failed and not self._closed and self.fs.exists(self.path):
+            self.fs.rm(self.path)  # nothing rejected this time: the old list is stale
+        self._remote_buffer = None
+        self._closed = True

@@ -114,17 +114,22 @@ class Loader:
         for index, (data, info) in enumerate(zip(records, infos)):
             rid = str(data["id"])
             prior = priors.get(rid)
-            if info is not None:
-                if info.error:
-                    decided.append((index, Outcome(rid, "rejected", reason=f"{info.error}: {display_url(str(data['file']))}",
-                                                   field="file")))
-                    continue
-                problem = self.connector.check(data, info)
-                if problem:
-                    decided.append((index, Outcome(rid, "rejected", field=problem[0], reason=problem[1])))
-                    continue
+            if info is not None and info.error:
+                decided.append((index, Outcome(rid, "rejected", reason=f"{info.error}: {display_url(str(data['file']))}",
+                                               field="file")))
+                continue
+            try:
+                problem = self.connector.check(data, info) if info is not None else None
+                content = "" if problem else json.dumps(self.connector.content(data), sort_keys=True,
+                                                        ensure_ascii=False, default=str)
+            except Exception as exc:  # noqa: BLE001 - this row's own problem, never its batch's
+                decided.append((index, Outcome(rid, "rejected", reason=f"cannot prepare this row "
+                                                                       f"({type(exc).__name__}: {exc})"[:300])))
+                continue
+            if problem:
+                decided.append((index, Outcome(rid, "rejected", field=problem[0], reason=problem[1])))
+                continue
             fingerprint = digest(info.fingerprint) if info is not None else ""
-            content = json.dumps(self.connector.content(data), sort_keys=True, ensure_ascii=False, default=str)
             row = Row(id=rid, data=data, index=index, info=info, prior=prior,
                       hash=digest(content + "|" + fingerprint), file_hash=fingerprint)
             if prior is not None and prior.status in self.spec.done_statuses and prior.hash == row.hash:
@@ -194,7 +199,10 @@ class Loader:
         with self.connector.session() as http:
             try:
                 self._reconcile(http, rows, journalist)
-                self._send_all(http, self.units(rows), journalist, result)
+                units = self.units(rows)
+                for unit in units:
+                    unit.run_id = run_id
+                self._send_all(http, units, journalist, result)
             finally:
                 result.requests += http.requests_sent
                 result.throttled += http.throttled
@@ -265,13 +273,21 @@ class Loader:
                         and self._recheck(http, unit, journalist)):
                     # A blip can hit the resend too: look up and resend a few times, never blindly.
                     queue.appendleft(Unit(unit.rows, key=unit.key, depth=unit.depth, origin=unit.origin,
-                                          rechecked=True, rechecks=unit.rechecks + 1))
+                                          run_id=unit.run_id, rechecked=True, rechecks=unit.rechecks + 1))
                     continue
-                streak += 1
+                streak = streak if exc.local else streak + 1  # our side's failure: the vendor is fine
                 for row in unit.rows:
                     result.add(Outcome(row.id, "failed", reason=str(exc)))
                 if streak >= self.streak_limit:
                     raise TransientError(f"{self.spec.name} looks unavailable: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - one unit's own failure, never the batch's
+                # Building or streaming THIS request failed in a way nobody classified (a codec, a
+                # reader, a connector bug): its rows fail with their own reason; the rest go on.
+                # A non-idempotent unit keeps its ``intent``: the next run asks before resending.
+                reason = f"{type(exc).__name__}: {http.redact(str(exc))[:300]}"
+                log.warning("%s: %s", ", ".join(r.id for r in unit.rows), reason)
+                for row in unit.rows:
+                    result.add(Outcome(row.id, "failed", reason=reason))
             else:
                 streak = 0
                 self._done(unit, results, journalist, result)
@@ -311,7 +327,7 @@ class Loader:
                 self._reject_row(rows[i], field_name or exc.field, reason, journalist, result)
             rest = [r for i, r in enumerate(rows) if i not in named]
             if rest:
-                queue.appendleft(Unit(rest, key=unit.key, depth=unit.depth + 1, origin=origin))
+                queue.appendleft(Unit(rest, key=unit.key, depth=unit.depth + 1, origin=origin, run_id=unit.run_id))
             return
         splittable = self.spec.unit.kind == "chunk" and len(rows) > 1
         if not splittable:
@@ -327,7 +343,7 @@ class Loader:
         budget[origin] = spent + 2
         half = len(rows) // 2
         for part in (rows[half:], rows[:half]):
-            queue.appendleft(Unit(part, key=unit.key, depth=unit.depth + 1, origin=origin))
+            queue.appendleft(Unit(part, key=unit.key, depth=unit.depth + 1, origin=origin, run_id=unit.run_id))
         log.info("%s refused %d rows without naming them; splitting to find the bad ones",
                  self.spec.name, len(rows))
 

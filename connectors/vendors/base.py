@@ -120,6 +120,7 @@ class Unit:
     depth: int = 0  # how many times the loader split it to isolate a bad row
     origin: int | None = None  # the unit it was split from (bounds the splitting)
     rechecked: bool = False  # already looked up after a failed non-idempotent send
+    run_id: str | None = None  # the run sending it (None in a dry run): per-run caches key on it
     rechecks: int = 0  # how many times it was looked up after a failed non-idempotent send
 
 
@@ -244,6 +245,13 @@ class BaseConnector:
         return None
 
     def finish(self, http: VendorHTTP, run_id: str) -> dict[str, Any] | None:
+        return None
+
+    def preflight(self, http: VendorHTTP) -> None:
+        """Optional: read what the destination defines (e.g. its languages, folders) so that
+        ``prepare`` can reject rows referring to what does not exist before anything is sent.
+        Called by ``validate --check-vendor`` when the credentials resolve; no-op by default.
+        Raises AuthError/ConfigError when the destination refuses."""
         return None
 
     # -- shared ---------------------------------------------------------------------------

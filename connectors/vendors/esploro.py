@@ -237,7 +237,7 @@ class EsploroConnector(BaseConnector):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         # For check/describe (no I/O); url_for uses _fetcher() (staging options resolved).
-        self.fetch = FetchableURLs(self.settings.fetch_settings(), self.file_options)
+        self.fetch = FetchableURLs(self.settings.fetch_settings(), self.file_options, policy=self.files.policy)
         self._fetch_io: FetchableURLs | None = None
         self._urls: dict[tuple[str, str], str] = {}  # presigned URLs of this batch: memory only
         self._lock = threading.Lock()
@@ -352,7 +352,7 @@ class EsploroConnector(BaseConnector):
             if self._fetch_io is None:
                 options = self.settings.staging_options
                 self._fetch_io = (FetchableURLs(self.settings.fetch_settings(resolve_options(options)),
-                                                self.file_options) if options is not None else self.fetch)
+                                                self.file_options, policy=self.files.policy) if options is not None else self.fetch)
             return self._fetch_io
 
     def _url(self, row: Row) -> str:

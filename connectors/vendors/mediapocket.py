@@ -185,7 +185,7 @@ class MediaPocketConnector(BaseConnector):
                               "e.g. https://yourcompany.mediapocket.fi/api/v2")
         self.notes: Counter[str] = Counter()
         # check/describe need no I/O and no staging credentials; url_for gets them on first use
-        self.fetch = FetchableURLs(self.settings.fetch_settings(), self.file_options)
+        self.fetch = FetchableURLs(self.settings.fetch_settings(), self.file_options, policy=self.files.policy)
         self._urls: FetchableURLs | None = None
         self._lock = threading.Lock()
         self._missing_projects: set[str] = set()
@@ -309,7 +309,7 @@ class MediaPocketConnector(BaseConnector):
             if self._urls is None:
                 options = self.settings.staging_options
                 resolved = resolve_options(options) if options is not None else None
-                self._urls = FetchableURLs(self.settings.fetch_settings(resolved), self.file_options)
+                self._urls = FetchableURLs(self.settings.fetch_settings(resolved), self.file_options, policy=self.files.policy)
             return self._urls
 
     def _file_url(self, row: Row) -> str:
