@@ -1,12 +1,11 @@
 """Tests for the ActionHub asset-metadata simulator, driven over a real socket."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-import pytest
 from fastapi import FastAPI, Header, Query
 from pydantic import BaseModel, Field
 
@@ -19,38 +18,16 @@ from sandbox.actionhub import (
     create_app,
 )
 from sandbox.server import running
+from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 HEADERS = {"actionhub-key": DEMO_API_KEY, "program-id": DEMO_PROGRAM_ID}
 MISSING_PROGRAM = {"type": "missing", "loc": ["header", "program-id"], "msg": "Field required", "input": None}
 
 
-class FakeClock:
-    """Injectable monotonic clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @dataclass
-class Box:
-    api: httpx.Client  # base_url = root, demo key + demo program headers
-    root: str
-    clock: FakeClock
-
-    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.root}/_sandbox/{path}", **kwargs)
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.control("GET", "stats").json())
-
-    def records(self) -> list[dict[str, Any]]:
-        return list(self.control("GET", "records").json()["records"])
+class Box(SandboxBox):
+    """The simulator under test (see tests/sandbox_kit.py)."""
 
     def post(self, *assets: dict[str, Any], **kwargs: Any) -> httpx.Response:
         return self.api.post("/assets", json={"assets": list(assets)}, **kwargs)
@@ -62,26 +39,10 @@ def launch(stack: ExitStack, **kwargs: Any) -> Box:
     kwargs.setdefault("per_second", None)
     root = stack.enter_context(running(create_app(clock=clock, **kwargs)))
     api = stack.enter_context(httpx.Client(base_url=root, headers=HEADERS, timeout=5))
-    return Box(api, root, clock)
+    return Box(api=api, root=root, clock=clock)
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Box]]:
-    with ExitStack() as stack:
-        yield lambda **kwargs: launch(stack, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Box]:
-    with ExitStack() as stack:
-        yield launch(stack)
-
-
-@pytest.fixture
-def box(shared: Box) -> Box:
-    """The default-configured simulator, reset (state, counters, limits, faults, poison) per test."""
-    assert shared.control("POST", "reset").status_code == 200
-    return shared
+start, shared, box = simulator_fixtures(launch)
 
 
 def detail(r: httpx.Response) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from sandbox.esploro import DAILY_MESSAGE, DEMO_API_KEY, DEMO_ASSET_IDS, DEMO_JOB_ID, PER_SECOND_MESSAGE, create_app
 from sandbox.server import running
+from tests.sandbox_kit import FakeClock, SandboxBox
 
 ASSETS = DEMO_ASSET_IDS.split(",")
 AUTH = {"Authorization": f"apikey {DEMO_API_KEY}", "Accept": "application/json"}
@@ -25,31 +26,11 @@ DATA = os.urandom(3000)
 FILES = {"paper.pdf": (PDF, "application/pdf"), "data.csv": (DATA, "text/csv")}
 
 
-class FakeClock:
-    """Wall-clock-like time (the daily threshold resets at UTC midnight) that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @dataclass
-class Box:
-    api: httpx.Client  # base_url = simulator root, authorised, Accept: application/json
-    root: str
-    clock: FakeClock
+class Box(SandboxBox):
+    """The simulator under test (see tests/sandbox_kit.py)."""
     files: str  # root URL of the test file server
-
-    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.root}/_sandbox/{path}", **kwargs)
-
-    def stats(self) -> dict[str, Any]:
-        return self.control("GET", "stats").json()
 
     def records(self) -> dict[str, Any]:
         return {r["asset_id"]: r for r in self.control("GET", "records").json()["records"]}
@@ -77,11 +58,11 @@ def files_root() -> Iterator[str]:
 
 
 def launch(stack: ExitStack, files: str, **kwargs: Any) -> Box:
-    clock = FakeClock()
+    clock = FakeClock(1_760_000_000.0)
     kwargs.setdefault("per_second", 10_000)
     root = stack.enter_context(running(create_app(clock=clock, **kwargs)))
     api = stack.enter_context(httpx.Client(base_url=root, headers=AUTH, timeout=10))
-    return Box(api, root, clock, files)
+    return Box(api=api, root=root, clock=clock, files=files)
 
 
 @pytest.fixture

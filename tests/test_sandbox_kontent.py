@@ -13,40 +13,21 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import pytest
 
 from sandbox.kontent import DEMO_API_KEY, DEMO_ENVIRONMENT_ID, ZERO_ID, EnvConfig, create_app, reference_id
 from sandbox.server import banner, running
+from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 ENV = DEMO_ENVIRONMENT_ID
 AUTH = {"Authorization": f"Bearer {DEMO_API_KEY}"}
 RATE_MESSAGE = "API rate limit exceeded. Please retry your request later."
 
 
-class FakeClock:
-    """Injectable monotonic clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @dataclass
-class Box:
-    api: httpx.Client  # base_url = <root>/v2/projects/<env>, authorised
-    root: str
-    clock: FakeClock
+class Box(SandboxBox):
+    """The simulator under test (see tests/sandbox_kit.py)."""
 
-    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.root}/_sandbox/{path}", **kwargs)
-
-    def stats(self) -> dict[str, Any]:
-        return self.control("GET", "stats").json()
 
 
 def launch(stack: ExitStack, **kwargs: Any) -> Box:
@@ -56,27 +37,10 @@ def launch(stack: ExitStack, **kwargs: Any) -> Box:
     kwargs.setdefault("per_minute", 100_000)
     root = stack.enter_context(running(create_app(clock=clock, **kwargs)))
     api = stack.enter_context(httpx.Client(base_url=f"{root}/v2/projects/{ENV}", headers=AUTH, timeout=5))
-    return Box(api, root, clock)
+    return Box(api=api, root=root, clock=clock)
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Box]]:
-    """Factory for tests that need their own configuration."""
-    with ExitStack() as stack:
-        yield lambda **kwargs: launch(stack, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Box]:
-    with ExitStack() as stack:
-        yield launch(stack)
-
-
-@pytest.fixture
-def box(shared: Box) -> Box:
-    """The default-configured simulator, reset (state, counters, limits, faults) for each test."""
-    assert shared.control("POST", "reset").status_code == 200
-    return shared
+start, shared, box = simulator_fixtures(launch)
 
 
 def png(width: int, height: int, extra: bytes = b"") -> bytes:

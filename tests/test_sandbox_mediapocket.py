@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from sandbox.mediapocket import DEMO_API_KEY, DEMO_PROJECT_ID, OWNER_EMAIL, create_app
 from sandbox.server import banner, running
+from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 AUTH = {"X-API-KEY": DEMO_API_KEY}
 ASSET_KEYS = {
@@ -33,31 +34,10 @@ SAMPLE = {
 CREATED_FAILED = re.compile(r"^Asset ([A-Za-z0-9_-]{20}) created, adding media to asset failed: (.+)$")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @dataclass
-class Box:
-    api: httpx.Client  # base_url = <root>/api/v2, authorised
-    root: str
-    clock: FakeClock
-
-    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.root}/_sandbox/{path}", **kwargs)
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.control("GET", "stats").json())
-
-    def records(self) -> list[dict[str, Any]]:
-        return list(self.control("GET", "records").json()["records"])
+class Box(SandboxBox):
+    """The simulator under test (see tests/sandbox_kit.py)."""
 
     def put_object(self, key: str, data: bytes) -> str:
         """Store bytes in the sandbox bucket; returns an http URL serving them."""
@@ -69,25 +49,10 @@ def launch(stack: ExitStack, **kwargs: Any) -> Box:
     clock = FakeClock()
     root = stack.enter_context(running(create_app(clock=clock, **kwargs)))
     api = stack.enter_context(httpx.Client(base_url=f"{root}/api/v2", headers=AUTH, timeout=10))
-    return Box(api, root, clock)
+    return Box(api=api, root=root, clock=clock)
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Box]]:
-    with ExitStack() as stack:
-        yield lambda **kwargs: launch(stack, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Box]:
-    with ExitStack() as stack:
-        yield launch(stack)
-
-
-@pytest.fixture
-def box(shared: Box) -> Box:
-    assert shared.control("POST", "reset").status_code == 200
-    return shared
+start, shared, box = simulator_fixtures(launch)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sandbox.server import banner, running
+from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 from sandbox.wordbee import (
     DEMO_ACCOUNT_ID,
     DEMO_API_KEY,
@@ -42,24 +43,10 @@ TOKEN_INVALID = {
 }
 
 
-class FakeClock:
-    """Injectable epoch clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @dataclass
-class Box:
-    root: str
-    clock: FakeClock
-    api: httpx.Client  # base_url = <root>/api, no auth headers
+class Box(SandboxBox):
+    """The simulator under test (see tests/sandbox_kit.py)."""
 
     def login(self, account: str = DEMO_ACCOUNT_ID, key: str = DEMO_API_KEY) -> dict[str, str]:
         r = self.api.post("auth/token", json={"accountid": account, "key": key})
@@ -68,40 +55,16 @@ class Box:
         assert isinstance(token, str) and re.fullmatch(r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}", token)
         return {"X-Auth-Token": token, "X-Auth-AccountId": account}
 
-    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.root}/_sandbox/{path}", **kwargs)
 
-    def stats(self) -> dict[str, Any]:
-        return self.control("GET", "stats").json()
-
-    def records(self) -> list[dict[str, Any]]:
-        return self.control("GET", "records").json()["records"]
 
 
 def launch(stack: ExitStack, **kwargs: Any) -> Box:
-    clock = FakeClock()
+    clock = FakeClock(START)
     root = stack.enter_context(running(create_app(clock=clock, **kwargs)))
-    return Box(root, clock, stack.enter_context(httpx.Client(base_url=f"{root}/api/", timeout=5)))
+    return Box(api=stack.enter_context(httpx.Client(base_url=f"{root}/api/", timeout=5)), root=root, clock=clock)
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Box]]:
-    with ExitStack() as stack:
-        yield lambda **kwargs: launch(stack, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Box]:
-    with ExitStack() as stack:
-        yield launch(stack)
-
-
-@pytest.fixture
-def box(shared: Box) -> Box:
-    """The default-configured simulator, reset (state, counters, limits, faults) for each test."""
-    assert shared.control("POST", "reset").status_code == 200
-    shared.clock.now = START
-    return shared
+start, shared, box = simulator_fixtures(launch, after_reset=lambda box: setattr(box.clock, "now", START))
 
 
 def upload(box: Box, auth: dict[str, str], data: bytes, name: str = "photo.jpg", **params: Any) -> str:
