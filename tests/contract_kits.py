@@ -36,6 +36,7 @@ class Kit:
     store_route: str
     reset: Callable[[str], None]
     batch_size: int = 5
+    read_routes: tuple[str, ...] = ()  # what a dry run may read (e.g. Kontent's environment listings)
 
 
 def _records(root: str) -> list[dict[str, Any]]:
@@ -48,8 +49,10 @@ def fault(root: str, *, status: int, count: int = 1, when: str = "before", route
                                                 "retry_after": retry_after}).raise_for_status()
 
 
-def requests_seen(root: str) -> int:
-    return int(httpx.get(f"{root}/_sandbox/stats").json()["requests"])
+def requests_seen(root: str, but: tuple[str, ...] = ()) -> int:
+    """Requests the simulator received, not counting those to the routes in ``but``."""
+    stats = httpx.get(f"{root}/_sandbox/stats").json()
+    return int(stats["requests"]) - sum(int(stats["by_route"].get(r, 0)) for r in but)
 
 
 def records(root: str) -> list[dict[str, Any]]:

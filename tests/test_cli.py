@@ -24,6 +24,12 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def writes(stats: dict) -> int:
+    """Requests that could change the environment (reads of its listings excluded)."""
+    return sum(stats["by_route"][r] for r in ("upload", "create", "upsert", "delete", "modify_folders",
+                                                 "modify_taxonomy"))
+
+
 def assetferry(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *args]
 
@@ -75,12 +81,15 @@ def test_dry_run_shows_requests_sends_nothing_and_needs_no_prefect(kontent: str,
         "print('PREFECT IMPORTED' if 'prefect' in sys.modules else 'no prefect')\n"
         "sys.exit(r.exit_code)\n"
     )
-    before = kit.stats(kontent)["requests"]
+    before = kit.stats(kontent)
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(tmp_path), cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "no prefect" in out.stdout
-    assert kit.stats(kontent)["requests"] == before  # nothing sent
+    after = kit.stats(kontent)
+    assert writes(after) == writes(before)  # nothing sent ...
+    assert after["by_route"]["languages"] > before["by_route"]["languages"]  # ... the environment was read
+    assert "checked against the vendor" in out.stdout
     items = [json.loads(line) for line in plan.read_text().splitlines()]
     assert [i["ids"] for i in items] == [[r["id"]] for r in rows]
     assert {i["action"] for i in items} == {"upload+upsert"}
@@ -90,7 +99,9 @@ def test_dry_run_shows_requests_sends_nothing_and_needs_no_prefect(kontent: str,
     assert int(upload["headers"]["Content-Length"]) == Path(rows[0]["file"]).stat().st_size
     assert upsert["method"] == "PUT" and upsert["url"].endswith(f"/assets/external-id/{rows[0]['id']}")
     assert upsert["json"]["title"] == rows[0]["title"]
-    assert upsert["json"]["descriptions"] == [{"language": {"codename": "default"}, "description": "Alt text 0"}]
+    # the environment was read, so the plan shows what a load sends: the default language by its id
+    assert upsert["json"]["descriptions"] == [{"language": {"id": "00000000-0000-0000-0000-000000000000"},
+                                               "description": "Alt text 0"}]
     assert upsert["headers"]["Authorization"] == "Bearer ***"
     assert kit.KEY not in out.stdout and kit.KEY not in plan.read_text()
 
@@ -104,11 +115,11 @@ def test_validate_reports_rejects_without_sending(kontent: str, tmp_path: Path) 
                                                     {"id": "", "file": "whatever.png"}]
     job = kit.write_job(tmp_path / "job.yaml", kit.job_dict(
         str(kit.write_csv(tmp_path / "m.csv", rows)), kontent, tmp_path / "state"))
-    before = kit.stats(kontent)["requests"]
+    before = writes(kit.stats(kontent))
     result = CliRunner().invoke(app, ["validate", str(job)])
     assert result.exit_code == 1
     assert "file not found" in result.output and "missing id" in result.output
-    assert kit.stats(kontent)["requests"] == before
+    assert writes(kit.stats(kontent)) == before
 
 
 def test_config_error_exits_2_with_a_clear_message(tmp_path: Path) -> None:

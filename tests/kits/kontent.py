@@ -32,4 +32,5 @@ KIT = Kit(
     refuse=lambda row: {**row, "content_type": "image/png"},
     store_route="upsert",
     reset=_reset,
+    read_routes=("languages", "folders", "collections", "taxonomies"),
 )
