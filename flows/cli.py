@@ -244,6 +244,9 @@ def run(
     plan: Optional[Path] = typer.Option(None, help="with --dry-run: write the full plan (JSON lines) here"),
     full_refresh: bool = typer.Option(False, "--full-refresh",
                                       help="consider every row, not only those updated since the last complete run"),
+    reconcile: bool = typer.Option(False, "--reconcile",
+                                   help="first read the vendor back and send again what is missing there "
+                                        "(e.g. deleted in its UI; see `verify`)"),
     output: str = typer.Option("table", help="table | json"),
 ) -> None:
     """Load a job's records into its vendor. Exit 0 all loaded, 1 rows rejected/failed, 2 config error.
@@ -265,6 +268,18 @@ def run(
 
         parse_window(since, until)  # configuration problems are answered before Prefect starts
         _check_before_prefect(job)
+        if reconcile:
+            from connectors.core.ledger import Ledger
+            from connectors.core.verify import drift, mark_missing
+            from connectors.pipeline import make_connector, state_options, state_url
+
+            connector = make_connector(job)
+            ledger = Ledger(state_url(job, connector), state_options(job))
+            index = ledger.load()
+            missing = drift(connector, index).missing
+            mark_missing(ledger, index, missing)
+            err.print(f"reconcile: {len(missing)} records missing at the vendor are sent again by this run")
+            full_refresh = full_refresh or bool(missing)  # an old row must not hide behind the watermark
         summary = _run_flow(job, since, until, limit, full_refresh)
     except AssetferryError as exc:
         _fail(str(exc), output=output)

@@ -461,6 +461,15 @@ def test_verify_finds_missing_changed_and_extra_and_reconcile_resends_the_missin
     assert (again["loaded"], again["unchanged"]) == (1, 3), again
     assert rows[0]["id"] in {a["external_id"] for a in kit.list_assets(strict)}
 
+    # run --reconcile does both at once: read back, then send what is missing
+    with api(strict) as c:
+        c.delete(f"assets/external-id/{rows[2]['id']}").raise_for_status()
+    result = CliRunner().invoke(app, ["run", str(job), "--reconcile", "--output", "json"])
+    assert result.exit_code in (0, 1), result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["loaded"] == 1, summary
+    assert rows[2]["id"] in {a["external_id"] for a in kit.list_assets(strict)}
+
 
 def test_check_environment_false_reads_nothing_and_still_sends_the_default_language_by_id(
         strict: str, tmp_path: Path) -> None:
