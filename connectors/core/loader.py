@@ -273,7 +273,7 @@ class Loader:
                         and self._recheck(http, unit, journalist)):
                     # A blip can hit the resend too: look up and resend a few times, never blindly.
                     queue.appendleft(Unit(unit.rows, key=unit.key, depth=unit.depth, origin=unit.origin,
-                                          run_id=unit.run_id, rechecked=True, rechecks=unit.rechecks + 1))
+                                          run_id=unit.run_id, rechecks=unit.rechecks + 1))
                     continue
                 streak = streak if exc.local else streak + 1  # our side's failure: the vendor is fine
                 for row in unit.rows:

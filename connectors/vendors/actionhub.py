@@ -354,7 +354,6 @@ SPEC = VendorSpec(
     unit=UnitRule("chunk", column="_program", size_setting="assets_per_request"),
     idempotent=True,  # POST /assets upserts by asset_id within the program
     batch_size=500,  # a Prefect task carries one full request by default (job batch_size overrides)
-    rate_limits={},  # none documented; requests_per_second defaults to 5 (a choice)
     summary="batch upsert of asset metadata by asset_id, one program per request",
 )
 ActionHubConnector.spec = SPEC

@@ -48,6 +48,9 @@ class UnitRule:
     size_setting: str | None = None
 
 
+RATE_FIELDS = ("requests_per_second", "requests_per_minute", "requests_per_hour", "requests_per_day")
+
+
 @dataclass(frozen=True)
 class VendorSpec:
     """Everything the core needs to know about a vendor; the registry lists one per vendor.
@@ -55,11 +58,10 @@ class VendorSpec:
     ``required_columns``: canonical columns a row must have (``file`` only for vendors with files).
     ``idempotent``: resending a request can never duplicate anything (an upsert). When False, the
     loader journals ``intent`` before each send and, on resume, asks the vendor (``lookup``)
-    before sending an ``intent`` row again. ``rate_limits``: the documented windows, as defaults
-    of the settings fields of the same names (``requests_per_second``, ``requests_per_minute``,
-    ``requests_per_hour``, ``requests_per_day``); hour and day windows are allowances: when spent
-    the run stops with the rest pending instead of waiting. ``done_statuses``: ledger statuses that
-    mean the row is at the vendor (skipped when unchanged).
+    before sending an ``intent`` row again. The documented rate limits are the defaults of the
+    settings' rate fields (``rate_limits`` reads them: one place to change them); hour and day
+    windows are allowances: when spent the run stops with the rest pending instead of waiting.
+    ``done_statuses``: ledger statuses that mean the row is at the vendor (skipped when unchanged).
     """
 
     name: str
@@ -70,7 +72,6 @@ class VendorSpec:
     required_columns: tuple[str, ...] = ("id", "file")
     unit: UnitRule = UnitRule()
     idempotent: bool = True
-    rate_limits: dict[str, int] = field(default_factory=dict)
     done_statuses: tuple[str, ...] = ("loaded",)
     summary: str = ""
     batch_size: int = 50  # rows per Prefect task when the job does not say (a batch API: its request size)
@@ -78,6 +79,12 @@ class VendorSpec:
     @property
     def files(self) -> bool:
         return "file" in self.required_columns
+
+    @property
+    def rate_limits(self) -> dict[str, float]:
+        """The documented limits: the defaults of the settings' rate fields."""
+        fields = self.settings.model_fields
+        return {n: fields[n].default for n in RATE_FIELDS if n in fields and fields[n].default is not None}
 
 
 class RateSettings(BaseModel):
@@ -119,9 +126,13 @@ class Unit:
     key: str | None = None
     depth: int = 0  # how many times the loader split it to isolate a bad row
     origin: int | None = None  # the unit it was split from (bounds the splitting)
-    rechecked: bool = False  # already looked up after a failed non-idempotent send
     run_id: str | None = None  # the run sending it (None in a dry run): per-run caches key on it
     rechecks: int = 0  # how many times it was looked up after a failed non-idempotent send
+
+    @property
+    def rechecked(self) -> bool:
+        """Already looked up after a failed non-idempotent send."""
+        return self.rechecks > 0
 
 
 @dataclass

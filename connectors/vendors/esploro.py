@@ -725,7 +725,6 @@ SPEC = VendorSpec(
     required_columns=("id", "file", "parent"),
     unit=UnitRule("group", column="parent"),
     idempotent=False,  # action=add appends: a re-sent link is a duplicate
-    rate_limits={"requests_per_second": 25},
     done_statuses=(QUEUED, LOADED),
     summary="file links added to research assets (one request per asset), then the Load files job",
 )

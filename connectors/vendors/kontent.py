@@ -677,7 +677,6 @@ SPEC = VendorSpec(
     settings=KontentSettings,
     required_columns=("id", "file"),
     idempotent=True,  # upsert by external id; a re-upload only leaves an unreferenced binary
-    rate_limits={"requests_per_second": 10, "requests_per_minute": 400},
     summary="binary upload, then upsert by external id",
 )
 KontentConnector.spec = SPEC

@@ -562,7 +562,6 @@ SPEC = VendorSpec(
     settings=MediaPocketSettings,
     required_columns=("id", "file"),
     idempotent=False,  # a create makes a new asset each time; external_id makes a resend fail instead
-    rate_limits={"requests_per_second": 5},
     summary="create in a project with media by URL/S3 key; then PUT metadata / add media",
 )
 MediaPocketConnector.spec = SPEC

@@ -487,7 +487,6 @@ SPEC = VendorSpec(
     settings=WordbeeSettings,
     required_columns=("id", "file", "parent"),
     idempotent=True,  # same segment + locale + folder + name overwrites; file tokens are never resent
-    rate_limits={"requests_per_hour": 1000},
     summary="media upload, then attach to a segment (overwrites the same segment/locale/folder/name)",
 )
 WordbeeConnector.spec = SPEC
