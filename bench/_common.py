@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sandbox import kontent  # noqa: E402  (after the sys.path fix, for `python bench/x.py`)
+from assetferry.sandbox import kontent  # noqa: E402  (after the sys.path fix, for `python bench/x.py`)
 
 ENV_ID = kontent.DEMO_ENVIRONMENT_ID
 API_KEY = kontent.DEMO_API_KEY
@@ -112,7 +112,7 @@ def simulator(tmp: Path) -> Iterator[str]:
     (vendor base URL = root + "/v2")."""
     port = free_port()
     log = open(tmp / "simulator.log", "wb")
-    proc = start([sys.executable, "-m", "sandbox.server", "kontent", "--host", "127.0.0.1",
+    proc = start([sys.executable, "-m", "assetferry.sandbox.server", "kontent", "--host", "127.0.0.1",
                   "--port", str(port)], env=child_env(tmp), stdout=log, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
     try:

@@ -31,7 +31,7 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-from connectors.core.ledger import Ledger
+from assetferry.connectors.core.ledger import Ledger
 import pyarrow, pandas, numpy  # imported before the baseline
 ledger = Ledger({state!r})
 before = rss()
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
     n = args.entries
-    from connectors.core.ledger import Ledger, entry
+    from assetferry.connectors.core.ledger import Ledger, entry
 
     figures: dict[str, object] = {"entries": n}
     with tempfile.TemporaryDirectory(prefix="assetferry-bench-ledger-") as tmp:

@@ -4,7 +4,7 @@ Three processes, each sampled from this (parent) process every 20 ms via /proc/<
 (VmRSS, and VmHWM = the kernel's own peak RSS, read at every sample so the last value before
 exit is kept):
 
-  1. floor:   python -c "import prefect, pandas, flows.sync; import time; time.sleep(1)"
+  1. floor:   python -c "import prefect, pandas, assetferry.flows.sync; import time; time.sleep(1)"
   2. product: assetferry run job.yaml --output json   (plus, separately, its child processes,
               e.g. Prefect's ephemeral API server)
   3. bare:    one httpx.Client().post(url, content=<open file>) in its own python process
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             # 1. the floor: imports only
             floor_run = measure(start([sys.executable, "-c",
-                                       "import prefect, pandas, flows.sync; import time; time.sleep(1)"],
+                                       "import prefect, pandas, assetferry.flows.sync; import time; time.sleep(1)"],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), 120)
             floor = max(floor_run["hwm"], floor_run["peak_sampled"])
             floor_last = floor_run["samples"][-1][1] if floor_run["samples"] else None
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p, b, fl = figures["product"], figures["bare"], figures["floor"]
         print()
         print(f"== peak RSS while uploading a {args.mb} MiB file ({size} bytes) ==")
-        print("1. floor (import prefect, pandas, flows.sync; sleep 1)")
+        print("1. floor (import prefect, pandas, assetferry.flows.sync; sleep 1)")
         print(f"   RSS after imports        {fmt_mb(fl['last_rss'])}   peak (VmHWM) {fmt_mb(fl['hwm'])}")
         report_product(p, size, "2. product: assetferry run job.yaml --output json (ephemeral Prefect)")
         if not p["children"]:

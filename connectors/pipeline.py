@@ -13,16 +13,16 @@ from typing import Any
 import pandas as pd
 from pydantic import SecretStr
 
-from connectors.core.credentials import resolve_credentials, resolve_options
-from connectors.core.fetchurls import FetchableURLs
-from connectors.core.files import AccessPolicy, FileStore, resolve_paths
-from connectors.core.job import JobSpec
-from connectors.core.ledger import Ledger, RejectsWriter
-from connectors.core.records import (REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window,
+from assetferry.connectors.core.credentials import resolve_credentials, resolve_options
+from assetferry.connectors.core.fetchurls import FetchableURLs
+from assetferry.connectors.core.files import AccessPolicy, FileStore, resolve_paths
+from assetferry.connectors.core.job import JobSpec
+from assetferry.connectors.core.ledger import Ledger, RejectsWriter
+from assetferry.connectors.core.records import (REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window,
                                      rejects_frame)
-from connectors.sources.manifest import ManifestSource
-from connectors.vendors import vendor_class
-from connectors.vendors.base import Connector
+from assetferry.connectors.sources.manifest import ManifestSource
+from assetferry.connectors.vendors import vendor_class
+from assetferry.connectors.vendors.base import Connector
 
 GROUP_BUCKETS = 16  # grouped vendors spill rows into this many buckets by group key
 

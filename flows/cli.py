@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connectors.core.errors import AssetferryError, ConfigError
+from assetferry.connectors.core.errors import AssetferryError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -53,8 +53,8 @@ def _check_before_prefect(job: Any) -> None:
     credential references resolve, the source's storage options resolve, and the manifest opens
     and its first chunk parses (a glob matching nothing, a missing file, a parse error). Raises
     ConfigError. ``secret:`` references need Prefect: the run resolves them."""
-    from connectors.core.credentials import resolve_credentials, resolve_options
-    from connectors.sources.manifest import ManifestSource
+    from assetferry.connectors.core.credentials import resolve_credentials, resolve_options
+    from assetferry.connectors.sources.manifest import ManifestSource
 
     refs = job.destination.credentials
     resolve_credentials({k: v for k, v in refs.items() if str(v).startswith("env:")})
@@ -97,7 +97,7 @@ def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
               full_refresh: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows import sync
+    from assetferry.flows import sync
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err,
@@ -147,13 +147,13 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
 
     import pandas as pd
 
-    from connectors.core.loader import Loader
-    from connectors.pipeline import Pipeline, make_connector
+    from assetferry.connectors.core.loader import Loader
+    from assetferry.connectors.pipeline import Pipeline, make_connector
 
     connector = make_connector(job, credentials={})
     vendor_note = _vendor_check(job, connector, check_vendor)
     if vendor_note.startswith("checked"):
-        from connectors.core.errors import AuthError, TransientError
+        from assetferry.connectors.core.errors import AuthError, TransientError
 
         checked = make_connector(job)
         try:
@@ -258,20 +258,20 @@ def run(
     if plan is not None and not dry_run:
         _fail("--plan writes the plan of a dry run: add --dry-run (nothing was sent)")
     try:
-        from connectors.core.job import load_job
+        from assetferry.connectors.core.job import load_job
 
         job = load_job(job_file)
         if dry_run:
             raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3,
                                       full_refresh=full_refresh, output=output, check_vendor=True))
-        from connectors.core.records import parse_window
+        from assetferry.connectors.core.records import parse_window
 
         parse_window(since, until)  # configuration problems are answered before Prefect starts
         _check_before_prefect(job)
         if reconcile:
-            from connectors.core.ledger import Ledger
-            from connectors.core.verify import drift, mark_missing
-            from connectors.pipeline import make_connector, state_options, state_url
+            from assetferry.connectors.core.ledger import Ledger
+            from assetferry.connectors.core.verify import drift, mark_missing
+            from assetferry.connectors.pipeline import make_connector, state_options, state_url
 
             connector = make_connector(job)
             ledger = Ledger(state_url(job, connector), state_options(job))
@@ -308,10 +308,10 @@ def verify(
     if output not in ("table", "json"):
         _fail(f"invalid --output {output!r}: use table or json")
     try:
-        from connectors.core.job import load_job
-        from connectors.core.ledger import Ledger
-        from connectors.core.verify import drift, mark_missing
-        from connectors.pipeline import make_connector, state_options, state_url
+        from assetferry.connectors.core.job import load_job
+        from assetferry.connectors.core.ledger import Ledger
+        from assetferry.connectors.core.verify import drift, mark_missing
+        from assetferry.connectors.pipeline import make_connector, state_options, state_url
 
         job = load_job(job_file)
         connector = make_connector(job)
@@ -344,8 +344,8 @@ def verify(
 def _vendor_check(job: Any, connector: Any, wanted: bool) -> str:
     """Whether ``_preview`` can read the destination (``preflight``): "" when the vendor has
     nothing to check, else a sentence for the output."""
-    from connectors.core.credentials import resolve_credentials
-    from connectors.vendors.base import BaseConnector
+    from assetferry.connectors.core.credentials import resolve_credentials
+    from assetferry.connectors.vendors.base import BaseConnector
 
     if type(connector).preflight is BaseConnector.preflight:
         return ""
@@ -375,7 +375,7 @@ def validate(
     if output not in ("table", "json"):
         _fail(f"invalid --output {output!r}: use table or json")
     try:
-        from connectors.core.job import load_job
+        from assetferry.connectors.core.job import load_job
 
         job = load_job(job_file)
         code = _preview(job, since, until, limit, use_ledger=True, out=None, sample=sample, title="validation",
@@ -393,12 +393,12 @@ def demo(
     from contextlib import ExitStack
     from importlib.resources import files
 
-    from sandbox.server import SIMULATORS, running
+    from assetferry.sandbox.server import SIMULATORS, running
 
     if vendor not in SIMULATORS:
         _fail(f"no sandbox for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})")
     module = sys.modules[SIMULATORS[vendor].__module__]
-    demo_dir = Path(str(files("sandbox") / "demo"))
+    demo_dir = Path(str(files("assetferry.sandbox") / "demo"))
     with ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-demo-")))
         root = stack.enter_context(running(SIMULATORS[vendor]()))
@@ -406,7 +406,7 @@ def demo(
         # env: references to its sandbox-only keys), and the variables to set.
         fields, env = module.demo_job(root, demo_dir, stack)
         os.environ.update(env)
-        from connectors.core.job import parse_job
+        from assetferry.connectors.core.job import parse_job
 
         try:
             job = parse_job({"name": f"demo-{vendor}", "state": str(state), **fields}, where="demo")
@@ -425,7 +425,7 @@ def sandbox(
     port: int = typer.Option(8765),
 ) -> None:
     """Serve a vendor simulator for offline rehearsals."""
-    from sandbox.server import SIMULATORS, serve
+    from assetferry.sandbox.server import SIMULATORS, serve
 
     if vendor not in SIMULATORS:
         _fail(f"no simulator for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})")
@@ -437,7 +437,7 @@ def _windows(since: str, until: str, window: str) -> list[tuple[str, str]]:
     import re
     from datetime import timedelta
 
-    from connectors.core.records import parse_window
+    from assetferry.connectors.core.records import parse_window
 
     start, end = parse_window(since, until)
     if start is None or end is None:
@@ -470,7 +470,7 @@ def backfill(
     if output not in ("table", "json"):
         _fail(f"invalid --output {output!r}: use table or json")
     try:
-        from connectors.core.job import load_job
+        from assetferry.connectors.core.job import load_job
 
         job = load_job(job_file)
         windows = _windows(since, until, window)
@@ -532,8 +532,8 @@ def status(
     if output not in ("table", "json"):
         _fail(f"invalid --output {output!r}: use table or json")
     try:
-        from connectors.core.job import load_job
-        from connectors.pipeline import Pipeline, make_connector
+        from assetferry.connectors.core.job import load_job
+        from assetferry.connectors.pipeline import Pipeline, make_connector
 
         job = load_job(job_file)
         ledger = Pipeline(job, make_connector(job, credentials={})).ledger()
@@ -604,7 +604,7 @@ def serve(
     """Run the jobs on a schedule from this process, without a work pool or worker (small setups;
     needs PREFECT_API_URL pointing at a Prefect server). One deployment per job, concurrency 1."""
     try:
-        from connectors.core.job import load_job
+        from assetferry.connectors.core.job import load_job
 
         jobs = [(load_job(path), path.resolve()) for path in job_files]
     except AssetferryError as exc:
@@ -612,7 +612,7 @@ def serve(
     from prefect import serve as prefect_serve
     from prefect.schedules import Cron
 
-    from flows.sync import sync_job
+    from assetferry.flows.sync import sync_job
 
     deployments = [
         sync_job.to_deployment(

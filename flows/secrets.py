@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from connectors.core.credentials import RESOLVERS
-from connectors.core.errors import ConfigError
+from assetferry.connectors.core.credentials import RESOLVERS
+from assetferry.connectors.core.errors import ConfigError
 
 
 def _from_secret_block(name: str) -> str:

@@ -20,16 +20,16 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from connectors.core.errors import AuthError, ConfigError, TransientError
-from connectors.core.job import JobSpec, load_job
-from connectors.core.ledger import Ledger, LedgerIndex, RejectsWriter, new_run_id
-from connectors.core.loader import BatchResult
-from connectors.core.records import rejects_frame
-from connectors.core.lock import RunLock
-from connectors.pipeline import Pipeline, make_connector, state_options
-from connectors.vendors.base import BaseConnector, Outcome
-from flows import secrets  # noqa: F401 - registers the secret: credential scheme
-from tasks.load import finish_load, load_batch
+from assetferry.connectors.core.errors import AuthError, ConfigError, TransientError
+from assetferry.connectors.core.job import JobSpec, load_job
+from assetferry.connectors.core.ledger import Ledger, LedgerIndex, RejectsWriter, new_run_id
+from assetferry.connectors.core.loader import BatchResult
+from assetferry.connectors.core.records import rejects_frame
+from assetferry.connectors.core.lock import RunLock
+from assetferry.connectors.pipeline import Pipeline, make_connector, state_options
+from assetferry.connectors.vendors.base import BaseConnector, Outcome
+from assetferry.flows import secrets  # noqa: F401 - registers the secret: credential scheme
+from assetferry.tasks.load import finish_load, load_batch
 
 #: Called after every batch with the running summary; the CLI hangs its progress bar here.
 ProgressHook = Callable[["RunSummary"], None]

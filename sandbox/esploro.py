@@ -661,7 +661,7 @@ def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    from sandbox.server import running  # here: sandbox.server imports this module
+    from assetferry.sandbox.server import running  # here: sandbox.server imports this module
 
     stage = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-esploro-stage-"))
     files_root = stack.enter_context(running(Starlette(routes=[Mount("/", StaticFiles(directory=stage))])))

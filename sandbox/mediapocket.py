@@ -470,7 +470,7 @@ def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict
 
     from starlette.staticfiles import StaticFiles
 
-    from sandbox.server import running  # here: sandbox.server imports this module
+    from assetferry.sandbox.server import running  # here: sandbox.server imports this module
 
     staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-demo-staging-"))
     files_root = stack.enter_context(running(StaticFiles(directory=staging)))

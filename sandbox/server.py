@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
-from sandbox import actionhub, esploro, kontent, mediapocket, wordbee
+from assetferry.sandbox import actionhub, esploro, kontent, mediapocket, wordbee
 
 # One line per vendor. A simulator module may export BASE_PATH (appended to the root URL in
 # the banner) and DEMO_* string constants (sandbox-only credentials printed by `serve`).

@@ -8,12 +8,12 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from connectors.core.errors import TransientError
-from connectors.core.job import JobSpec
-from connectors.core.ledger import Ledger, LedgerEntry
-from connectors.core.loader import BatchResult, Loader
-from connectors.pipeline import make_connector, state_options, state_url
-from connectors.vendors.base import BaseConnector
+from assetferry.connectors.core.errors import TransientError
+from assetferry.connectors.core.job import JobSpec
+from assetferry.connectors.core.ledger import Ledger, LedgerEntry
+from assetferry.connectors.core.loader import BatchResult, Loader
+from assetferry.connectors.pipeline import make_connector, state_options, state_url
+from assetferry.connectors.vendors.base import BaseConnector
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:

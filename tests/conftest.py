@@ -28,8 +28,8 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import httpx  # noqa: E402
 
-from sandbox import kontent as kontent_sim  # noqa: E402
-from sandbox.server import running  # noqa: E402
+from assetferry.sandbox import kontent as kontent_sim  # noqa: E402
+from assetferry.sandbox.server import running  # noqa: E402
 
 KONTENT_KEY = kontent_sim.DEMO_API_KEY
 KONTENT_ENV = kontent_sim.DEMO_ENVIRONMENT_ID

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
-from sandbox import kontent
+from assetferry.sandbox import kontent
 
 ENV = kontent.DEMO_ENVIRONMENT_ID
 KEY = kontent.DEMO_API_KEY

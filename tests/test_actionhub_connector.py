@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from connectors.core.errors import AuthError
-from connectors.core.ledger import Ledger
-from connectors.core.loader import Loader
-from connectors.core.records import DuplicateTracker, canonicalize
-from connectors.sources.base import RecordChunk
-from connectors.vendors.actionhub import SPEC, TRUNCATED, ActionHubConnector
-from connectors.vendors.base import Row
-from sandbox.actionhub import DEMO_API_KEY, DEMO_OTHER_PROGRAM_ID, DEMO_PROGRAM_ID, create_app
-from sandbox.server import running
+from assetferry.connectors.core.errors import AuthError
+from assetferry.connectors.core.ledger import Ledger
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+from assetferry.connectors.sources.base import RecordChunk
+from assetferry.connectors.vendors.actionhub import SPEC, TRUNCATED, ActionHubConnector
+from assetferry.connectors.vendors.base import Row
+from assetferry.sandbox.actionhub import DEMO_API_KEY, DEMO_OTHER_PROGRAM_ID, DEMO_PROGRAM_ID, create_app
+from assetferry.sandbox.server import running
 
 A, B = DEMO_PROGRAM_ID, DEMO_OTHER_PROGRAM_ID
 

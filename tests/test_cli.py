@@ -31,13 +31,13 @@ def writes(stats: dict) -> int:
 
 
 def assetferry(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "assetferry.flows.cli", *args]
 
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_sigkill_mid_run_then_rerun_loads_each_asset_exactly_once(kontent: str, tmp_path: Path) -> None:
-    from connectors.core.job import load_job
-    from flows.sync import sync_assets
+    from assetferry.connectors.core.job import load_job
+    from assetferry.flows.sync import sync_assets
 
     kit.set_limits(kontent, 10, 400)
     rows = kit.make_rows(tmp_path / "files", 40)
@@ -75,7 +75,7 @@ def test_dry_run_shows_requests_sends_nothing_and_needs_no_prefect(kontent: str,
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from flows.cli import app\n"
+        "from assetferry.flows.cli import app\n"
         f"r = CliRunner().invoke(app, ['run', {str(job)!r}, '--dry-run', '--plan', {str(plan)!r}])\n"
         "print(r.output)\n"
         "print('PREFECT IMPORTED' if 'prefect' in sys.modules else 'no prefect')\n"
@@ -109,7 +109,7 @@ def test_dry_run_shows_requests_sends_nothing_and_needs_no_prefect(kontent: str,
 def test_validate_reports_rejects_without_sending(kontent: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     rows = kit.make_rows(tmp_path / "files", 2) + [{"id": "X1", "file": str(tmp_path / "missing.png")},
                                                     {"id": "", "file": "whatever.png"}]
@@ -125,7 +125,7 @@ def test_validate_reports_rejects_without_sending(kontent: str, tmp_path: Path) 
 def test_config_error_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     job = kit.write_job(tmp_path / "job.yaml", {"name": "x", "source": {"url": "m.csv"},
                                                 "destination": {"vendor": "kontent", "settings": {}}})
@@ -154,7 +154,7 @@ def test_demo_runs_from_the_readme_and_leaks_no_secret(tmp_path: Path) -> None:
 def test_window_and_limit_select_rows_in_a_dry_run(kontent: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     rows = kit.make_rows(tmp_path / "files", 6)
     for i, r in enumerate(rows):

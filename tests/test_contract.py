@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from connectors import vendors
-from connectors.core.errors import ConfigError
-from sandbox.server import running
+from assetferry.connectors import vendors
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.sandbox.server import running
 from tests import kit, toyvendor
 from tests.contract_kits import Kit, fault, load_kits, requests_seen
 
@@ -50,7 +50,7 @@ def vendor(request: pytest.FixtureRequest, servers: dict[str, str], monkeypatch:
 
 
 def _job(k: Kit, root: str, tmp_path: Path, rows: list[dict[str, Any]], **extra: Any) -> Any:
-    from connectors.core.job import load_job
+    from assetferry.connectors.core.job import load_job
 
     manifest = kit.write_csv(tmp_path / "manifest.csv", rows)
     data = {"name": "contract", "source": {"url": str(manifest)}, "destination": k.destination(root),
@@ -60,7 +60,7 @@ def _job(k: Kit, root: str, tmp_path: Path, rows: list[dict[str, Any]], **extra:
 
 
 def _run(job: Any) -> dict[str, Any]:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return sync_assets(job)
 
@@ -117,7 +117,7 @@ def test_refused_credentials_stop_the_run(vendor: tuple[Kit, str], tmp_path: Pat
 def test_a_dry_run_sends_nothing(vendor: tuple[Kit, str], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     k, root = vendor
     rows = k.rows(tmp_path / "files", 5)

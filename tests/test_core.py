@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.core.credentials import resolve_credentials
-from connectors.core.errors import ConfigError
-from connectors.core.job import load_job
-from connectors.core.ledger import RejectsWriter
-from connectors.core.ratelimit import SlidingWindowLimiter, Window
+from assetferry.connectors.core.credentials import resolve_credentials
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.job import load_job
+from assetferry.connectors.core.ledger import RejectsWriter
+from assetferry.connectors.core.ratelimit import SlidingWindowLimiter, Window
 
 ENV = "8d20758c-d74c-4f59-ae04-ee928c0816b7"
 
@@ -65,7 +65,7 @@ def test_literal_secret_in_job_file_is_refused_without_echoing_it(tmp_path: Path
 
 def test_storage_option_secrets_must_be_references_and_resolve_at_the_edge(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from connectors.core.credentials import resolve_options
+    from assetferry.connectors.core.credentials import resolve_options
 
     data = good_job()
     data["source"]["options"] = {"key": "AKIA-literal", "secret": "s3cr3t-literal",

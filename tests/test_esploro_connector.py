@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from connectors.core.files import FileStore
-from connectors.core.http import Action
-from connectors.core.records import DuplicateTracker, canonicalize
-from connectors.sources.base import RecordChunk
-from connectors.vendors.base import Row, Unit
-from connectors.vendors.esploro import (
+from assetferry.connectors.core.files import FileStore
+from assetferry.connectors.core.http import Action
+from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+from assetferry.connectors.sources.base import RecordChunk
+from assetferry.connectors.vendors.base import Row, Unit
+from assetferry.connectors.vendors.esploro import (
     ApiKeyAuth, EsploroConnector, EsploroSettings, exl_errors, link_key, parse_error,
 )
 

@@ -19,11 +19,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from connectors.core.errors import ConfigError
-from connectors.core.job import parse_job
-from connectors.vendors.actionhub import TRUNCATED
-from sandbox.actionhub import DEMO_API_KEY, DEMO_OTHER_PROGRAM_ID, DEMO_PROGRAM_ID, create_app
-from sandbox.server import running
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.job import parse_job
+from assetferry.connectors.vendors.actionhub import TRUNCATED
+from assetferry.sandbox.actionhub import DEMO_API_KEY, DEMO_OTHER_PROGRAM_ID, DEMO_PROGRAM_ID, create_app
+from assetferry.sandbox.server import running
 from tests import kit
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -60,7 +60,7 @@ def job_dict(root: str, tmp_path: Path, rows: list[dict[str, Any]], **overrides:
 
 
 def run(data: dict[str, Any]) -> dict[str, Any]:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return sync_assets(parse_job(data, where="test"))
 
@@ -140,7 +140,7 @@ def test_a_refused_key_stops_the_run_with_a_configuration_error(hub: str, tmp_pa
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     monkeypatch.setenv("ACTIONHUB_API_KEY", "not-the-key-0123")
     data = job_dict(hub, tmp_path, rows_of(40), settings={"assets_per_request": 10})
@@ -165,7 +165,7 @@ def test_sigkill_mid_run_then_a_rerun_leaves_every_asset_once(hub: str, tmp_path
     # ephemeral server start-up in the child, so the run gets going within seconds.
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "ACTIONHUB_API_KEY": DEMO_API_KEY,
            "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(job)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "assetferry.flows.cli", "run", str(job)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -196,7 +196,7 @@ def test_the_demo_job_loads_both_programs_and_notes_the_truncated_title(hub: str
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from contextlib import ExitStack
 
-    from sandbox import actionhub
+    from assetferry.sandbox import actionhub
 
     with ExitStack() as stack:
         fields, env = actionhub.demo_job(hub, Path(actionhub.__file__).parent / "demo", stack)

@@ -25,12 +25,12 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from connectors.core.job import parse_job
-from connectors.core.ledger import Ledger, entry
-from connectors.core.loader import Loader
-from connectors.pipeline import Pipeline, make_connector, state_url
-from sandbox.esploro import DEMO_API_KEY, DEMO_ASSET_IDS, DEMO_JOB_ID, create_app
-from sandbox.server import running
+from assetferry.connectors.core.job import parse_job
+from assetferry.connectors.core.ledger import Ledger, entry
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.pipeline import Pipeline, make_connector, state_url
+from assetferry.sandbox.esploro import DEMO_API_KEY, DEMO_ASSET_IDS, DEMO_JOB_ID, create_app
+from assetferry.sandbox.server import running
 from tests import kit
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -132,7 +132,7 @@ def staged(served: tuple[Path, str]) -> dict[str, Any]:
 
 
 def run(data: dict[str, Any]) -> dict[str, Any]:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return dict(sync_assets(parse_job(data, where="test")))
 
@@ -429,7 +429,7 @@ def test_sigkill_mid_run_then_rerun_leaves_every_link_exactly_once(
     job = kit.write_job(tmp_path / "job.yaml", data)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "ESPLORO_API_KEY": DEMO_API_KEY}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(job)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "assetferry.flows.cli", "run", str(job)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -454,7 +454,7 @@ def test_sigkill_mid_run_then_rerun_leaves_every_link_exactly_once(
 def test_demo_loads_the_sample_manifest_and_runs_the_job(esploro: str) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     result = CliRunner().invoke(app, ["demo", "esploro"])
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import s3fs
 
-from connectors.core.job import parse_job
-from sandbox import kontent as sim
-from sandbox.server import running
+from assetferry.connectors.core.job import parse_job
+from assetferry.sandbox import kontent as sim
+from assetferry.sandbox.server import running
 from tests import kit
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -42,7 +42,7 @@ def fast_job(root: str, tmp_path: Path, n: int, **overrides: object) -> tuple[li
 
 
 def run(job_data: dict) -> dict:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return sync_assets(parse_job(job_data, where="test"))
 
@@ -61,7 +61,7 @@ def test_200_records_local_and_s3_then_rerun_and_title_change(kontent: str, s3_e
     rows = local_rows + s3_rows
     manifest = kit.write_csv(tmp_path / "manifest.csv", rows)
     fs.put_file(str(manifest), "assets-e2e/manifests/manifest.csv")
-    from connectors.core.job import SourceSpec
+    from assetferry.connectors.core.job import SourceSpec
 
     source: dict = {"options": s3_options(s3_endpoint)}
     if "allowed_roots" in SourceSpec.model_fields:  # an S3 manifest naming local files too
@@ -113,7 +113,7 @@ def test_bad_rows_are_rejected_with_reasons_and_the_rest_loads(kontent: str, tmp
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     kit.set_limits(kontent, 200, 12000)
     good = kit.make_rows(tmp_path / "files", 4)
@@ -173,7 +173,7 @@ def test_transient_5xx_is_retried_and_auth_failure_stops_with_exit_2(kontent: st
     import httpx
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     httpx.post(f"{kontent}/_sandbox/faults", json={"status": 503, "count": 2, "route": "upsert"}).raise_for_status()
     rows, data = fast_job(kontent, tmp_path, 3)
@@ -212,7 +212,7 @@ def test_credentials_from_a_prefect_secret_block(kontent: str, tmp_path: Path,
     job["destination"]["credentials"] = {"api_key": "secret:kontent-e2e-key"}
     assert run(job)["loaded"] == 2
     job["destination"]["credentials"] = {"api_key": "secret:no-such-block"}
-    from connectors.core.errors import ConfigError
+    from assetferry.connectors.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no-such-block"):
         run(job)
@@ -347,7 +347,7 @@ def test_references_are_checked_once_before_any_upload_and_sent_by_id(strict: st
     assert first["elements"][0]["value"] == [{"id": terms["red"]}, {"id": terms["dark_green"]}]
     assert assets[base[1]["id"]]["collection"] == {"reference": {"id": sim.reference_id("collection", "web")}}
     assert set(assets) == {base[0]["id"], base[1]["id"], "img~2Fa~2Epng", "img~7E2Fa~7E2Epng"}
-    from connectors.core.ledger import Ledger
+    from assetferry.connectors.core.ledger import Ledger
 
     ledger = Ledger(str(tmp_path / "state" / "e2e" / f"kontent-{kit.ENV}")).load()
     assert ledger.get("img/a.png").extra["external_id"] == "img~2Fa~2Epng"  # the mapping, in the ledger
@@ -437,7 +437,7 @@ def test_verify_finds_missing_changed_and_extra_and_reconcile_resends_the_missin
 
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     rows = kit.make_rows(tmp_path / "files", 4)
     for r in rows:

@@ -22,10 +22,10 @@ import pytest
 import s3fs
 from starlette.staticfiles import StaticFiles
 
-from connectors.core.errors import ConfigError
-from connectors.core.job import parse_job
-from sandbox import mediapocket as sim
-from sandbox.server import running
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.job import parse_job
+from assetferry.sandbox import mediapocket as sim
+from assetferry.sandbox.server import running
 from tests import kit
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -119,7 +119,7 @@ def served(files: str, www: Path, tmp_path: Path) -> dict[str, Any]:
 
 
 def run(data: dict[str, Any]) -> dict[str, Any]:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return sync_assets(parse_job(data, where="test"))
 
@@ -130,7 +130,7 @@ def rejects(summary: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def ledger(tmp_path: Path) -> Any:
-    from connectors.core.ledger import Ledger
+    from assetferry.connectors.core.ledger import Ledger
 
     return Ledger(str(tmp_path / "state" / "mp-e2e" / "mediapocket-default")).load()
 
@@ -373,7 +373,7 @@ def test_sigkill_mid_run_then_a_rerun_leaves_every_asset_exactly_once(mp: tuple[
     path = kit.write_job(tmp_path / "job.yaml", data_job)
     env = {**os.environ, "MEDIAPOCKET_API_KEY": KEY}
     env.pop("PREFECT_API_URL", None)  # ephemeral Prefect, as a user without a server has
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(path)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "assetferry.flows.cli", "run", str(path)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -396,7 +396,7 @@ def test_sigkill_mid_run_then_a_rerun_leaves_every_asset_exactly_once(mp: tuple[
 def test_the_demo_loads_the_bundled_manifest() -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     result = CliRunner().invoke(app, ["demo", "mediapocket"])
     assert result.exit_code == 0, result.output

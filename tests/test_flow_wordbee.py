@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.core.job import parse_job
-from connectors.core.ledger import Ledger
-from sandbox import wordbee as sim
-from sandbox.server import running
+from assetferry.connectors.core.job import parse_job
+from assetferry.connectors.core.ledger import Ledger
+from assetferry.sandbox import wordbee as sim
+from assetferry.sandbox.server import running
 from tests import kit
 from tests.kits import wordbee as wb
 
@@ -41,7 +41,7 @@ def server() -> Iterator[str]:
 def wordbee(server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A clean simulator, the credentials in the environment, and no session token left over in
     this process from an earlier test (it is shared per process by design)."""
-    from connectors.vendors.wordbee import WordbeeConnector
+    from assetferry.connectors.vendors.wordbee import WordbeeConnector
 
     for name, value in wb.ENV.items():
         monkeypatch.setenv(name, value)
@@ -63,7 +63,7 @@ def job_data(root: str, tmp_path: Path, rows: list[dict[str, Any]], **overrides:
 
 
 def run(data: dict[str, Any]) -> dict[str, Any]:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     return sync_assets(parse_job(data, where="test"))
 
@@ -140,7 +140,7 @@ def test_an_attach_that_failed_after_the_vendor_acted_is_redone_with_a_fresh_upl
 
 def test_an_expired_token_is_fetched_again_once_and_no_token_reaches_a_log_or_file(
         wordbee: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
-    from flows import sync
+    from assetferry.flows import sync
 
     rows = wb.make_rows(tmp_path / "files", 9)
     rows[4]["parent"] = "99999999"  # the vendor refuses it: its reason goes to the rejects file
@@ -165,7 +165,7 @@ def test_an_expired_token_is_fetched_again_once_and_no_token_reaches_a_log_or_fi
     rejects = Path(summary["rejects_file"]).read_text()
     assert "segmentid" in rejects and rows[4]["id"] in rejects
 
-    from connectors.pipeline import make_connector
+    from assetferry.connectors.pipeline import make_connector
 
     auth = make_connector(parse_job(job_data(wordbee, tmp_path, rows), where="test")).auth()
     secrets = [v for v in auth.secrets() if v != wb.ACCOUNT]  # the account id is not a secret on its own
@@ -241,9 +241,9 @@ def test_the_client_side_hourly_allowance_stops_before_the_vendor_says_no(wordbe
 
 _LOAD_WITHOUT_PREFECT = """
 import sys
-from connectors.core.job import load_job
-from connectors.core.loader import Loader
-from connectors.pipeline import Pipeline, make_connector
+from assetferry.connectors.core.job import load_job
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.pipeline import Pipeline, make_connector
 job = load_job(sys.argv[1])
 connector = make_connector(job)
 pipeline = Pipeline(job, connector)
@@ -298,7 +298,7 @@ def test_a_sigkill_between_the_two_steps_then_a_rerun_leaves_every_asset_once(
 def test_a_dry_run_shows_both_steps_with_the_token_masked_and_sends_nothing(wordbee: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     rows = wb.make_rows(tmp_path / "files", 3)
     rows[0]["relative_path"] = "shots/2026"
@@ -321,7 +321,7 @@ def test_a_dry_run_shows_both_steps_with_the_token_masked_and_sends_nothing(word
 def test_the_demo_loads_the_bundled_manifest(wordbee: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     for name in ("ASSETFERRY_DEMO_WORDBEE_ACCOUNT", "ASSETFERRY_DEMO_WORDBEE_KEY"):
         monkeypatch.setenv(name, "")  # restored after the test (the demo sets them)

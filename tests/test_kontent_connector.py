@@ -8,11 +8,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from connectors.core.errors import TransientError
-from connectors.core.files import FileInfo
-from connectors.core.ledger import entry
-from connectors.vendors.base import Row, Unit
-from connectors.vendors.kontent import (
+from assetferry.connectors.core.errors import TransientError
+from assetferry.connectors.core.files import FileInfo
+from assetferry.connectors.core.ledger import entry
+from assetferry.connectors.vendors.base import Row, Unit
+from assetferry.connectors.vendors.kontent import (
     KontentConnector,
     external_id_for,
     parse_error,
@@ -73,10 +73,10 @@ def test_resume_after_upload_reuses_the_file_reference(kontent: str, tmp_path: P
     resumed run sends only the upsert, with the remembered file reference."""
     import pandas as pd
 
-    from connectors.core.ledger import Ledger, entry
-    from connectors.core.loader import Loader
-    from connectors.core.records import DuplicateTracker, canonicalize
-    from connectors.sources.base import RecordChunk
+    from assetferry.connectors.core.ledger import Ledger, entry
+    from assetferry.connectors.core.loader import Loader
+    from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+    from assetferry.connectors.sources.base import RecordChunk
 
     kit.set_limits(kontent, 1000, 100_000)
     rows = kit.make_rows(tmp_path / "files", 1)
@@ -146,7 +146,7 @@ def test_validate_check_vendor_rejects_unknown_references_without_uploading(
         kontent: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from assetferry.flows.cli import app
 
     kit.set_limits(kontent, 200, 12000)
     rows = kit.make_rows(tmp_path / "files", 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.core.ledger import MAX_SEGMENTS, Ledger, entry
+from assetferry.connectors.core.ledger import MAX_SEGMENTS, Ledger, entry
 
 
 def test_last_line_wins_torn_tail_ignored(tmp_path: Path) -> None:

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from connectors import vendors
-from connectors.core.ledger import Ledger, entry
-from connectors.core.loader import Loader
-from connectors.core.records import DuplicateTracker, canonicalize
-from connectors.sources.base import RecordChunk
-from sandbox.server import running
+from assetferry.connectors import vendors
+from assetferry.connectors.core.ledger import Ledger, entry
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+from assetferry.connectors.sources.base import RecordChunk
+from assetferry.sandbox.server import running
 from tests import kit, toyvendor
 
 
@@ -142,8 +142,8 @@ def test_a_lost_reply_is_looked_up_not_resent_blindly(toy: str, tmp_path: Path) 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_flow_stops_cleanly_on_a_quota_with_the_rest_pending(toy: str, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from connectors.core.job import load_job
-    from flows.sync import sync_assets
+    from assetferry.connectors.core.job import load_job
+    from assetferry.flows.sync import sync_assets
 
     vendors.register(toyvendor.SPEC)
     monkeypatch.setenv("TOY_KEY", toyvendor.TOY_KEY)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.core.lock import JobBusy, RunLock
+from assetferry.connectors.core.lock import JobBusy, RunLock
 from tests import kit
 
 
@@ -33,7 +33,7 @@ def test_a_waiting_run_gets_the_lock_when_the_holder_finishes(tmp_path: Path) ->
 
 
 def test_a_sigkilled_holder_never_blocks_the_next_run(tmp_path: Path) -> None:
-    code = ("import sys, time\nsys.path.insert(0, %r)\nfrom connectors.core.lock import RunLock\n"
+    code = ("import sys, time\nsys.path.insert(0, %r)\nfrom assetferry.connectors.core.lock import RunLock\n"
             "lock = RunLock(%r, 'doomed').acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
             % (str(Path(__file__).resolve().parent.parent), str(tmp_path)))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -68,9 +68,9 @@ def test_object_store_lease(s3_endpoint: str, tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_flow_run_refuses_while_another_run_of_the_job_loads(kontent: str, tmp_path: Path) -> None:
-    from connectors.core.job import load_job
-    from connectors.pipeline import make_connector, state_url
-    from flows.sync import sync_assets
+    from assetferry.connectors.core.job import load_job
+    from assetferry.connectors.pipeline import make_connector, state_url
+    from assetferry.flows.sync import sync_assets
 
     rows = kit.make_rows(tmp_path / "files", 3)
     job = load_job(kit.write_job(tmp_path / "job.yaml", kit.job_dict(

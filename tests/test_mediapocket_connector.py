@@ -18,15 +18,15 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from starlette.staticfiles import StaticFiles
 
-from connectors.core.errors import ConfigError
-from connectors.core.files import FileInfo
-from connectors.core.ledger import Ledger, entry
-from connectors.core.loader import Loader
-from connectors.core.records import DuplicateTracker, canonicalize
-from connectors.sources.base import RecordChunk
-from connectors.vendors import mediapocket as mp
-from sandbox import mediapocket as sim
-from sandbox.server import running
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.files import FileInfo
+from assetferry.connectors.core.ledger import Ledger, entry
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+from assetferry.connectors.sources.base import RecordChunk
+from assetferry.connectors.vendors import mediapocket as mp
+from assetferry.sandbox import mediapocket as sim
+from assetferry.sandbox.server import running
 
 PROJECT = sim.DEMO_PROJECT_ID
 

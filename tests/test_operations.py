@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.core.lock import RunLock
-from flows.cli import _windows, app
+from assetferry.connectors.core.lock import RunLock
+from assetferry.flows.cli import _windows, app
 from tests import kit
 
 
@@ -48,8 +48,8 @@ def test_a_local_backfill_loads_each_window_in_order_then_status_reports(kontent
     assert info["statuses"] == {"loaded": 8} and info["records"] == 8
     assert info["rejected_last_run"] is None  # the last window rejected nothing
     assert info["running"] is None and info["last_run"]
-    from connectors.core.job import load_job
-    from connectors.pipeline import make_connector, state_url
+    from assetferry.connectors.core.job import load_job
+    from assetferry.connectors.pipeline import make_connector, state_url
 
     spec = load_job(job)
     with RunLock(state_url(spec, make_connector(spec)), "nightly"):
@@ -58,7 +58,7 @@ def test_a_local_backfill_loads_each_window_in_order_then_status_reports(kontent
 
 
 def test_run_names_carry_the_window() -> None:
-    from flows.sync import _window_label
+    from assetferry.flows.sync import _window_label
 
     assert _window_label("2026-01-01T00:00:00+00:00", "2026-01-08T00:00:00+00:00") == \
         "2026-01-01T000000..2026-01-08T000000"
@@ -68,8 +68,8 @@ def test_run_names_carry_the_window() -> None:
 @pytest.mark.usefixtures("prefect_harness")
 def test_runs_are_incremental_after_a_complete_run_and_full_refresh_considers_all(kontent: str,
                                                                                   tmp_path: Path) -> None:
-    from connectors.core.job import load_job
-    from flows.sync import sync_assets
+    from assetferry.connectors.core.job import load_job
+    from assetferry.flows.sync import sync_assets
 
     rows = kit.make_rows(tmp_path / "files", 6)
     for i, r in enumerate(rows):

@@ -80,7 +80,7 @@ def test_run_against_a_server_shows_names_artifacts_and_no_secret(prefect_server
     kit.set_limits(kontent, 100, 6000)
     env = dict(os.environ, PREFECT_API_URL=prefect_server, KONTENT_API_KEY=kit.KEY,
                PREFECT_HOME=str(tmp_path / "client-home"), PREFECT_LOGGING_LEVEL="INFO")
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(job)], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "assetferry.flows.cli", "run", str(job)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert kit.KEY not in out.stdout + out.stderr
@@ -123,7 +123,7 @@ def test_a_partial_run_is_told_apart_in_the_ui_with_reasons_and_connector_logs(
     env = dict(os.environ, PREFECT_API_URL=prefect_server, KONTENT_API_KEY=kit.KEY,
                PREFECT_HOME=str(tmp_path / "client-home"), PREFECT_LOGGING_LEVEL="INFO")
     env.pop("PREFECT_LOGGING_EXTRA_LOGGERS", None)
-    code = ("from connectors.core.job import load_job\nfrom flows.sync import sync_assets\n"
+    code = ("from assetferry.connectors.core.job import load_job\nfrom assetferry.flows.sync import sync_assets\n"
             f"state = sync_assets(load_job({str(job)!r}), return_state=True)\nprint(state.name)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
@@ -160,7 +160,7 @@ def test_a_partial_run_is_told_apart_in_the_ui_with_reasons_and_connector_logs(
 def test_a_deployment_schedule_creates_runs(prefect_server: str, tmp_path: Path) -> None:
     """The scheduler works with the pinned stack (sqlalchemy 2.1 broke it: active schedule, no runs)."""
     code = (
-        "from flows.sync import sync_assets\n"
+        "from assetferry.flows.sync import sync_assets\n"
         "d = sync_assets.to_deployment(name='nightly-check', cron='0 2 * * *', parameters={'job': {"
         "'name': 'x', 'source': {'url': '/nowhere.csv'}, 'destination': {'vendor': 'kontent'}}})\n"
         "print(d.apply())\n"
@@ -228,7 +228,7 @@ def test_the_sample_deployment_runs_on_a_process_worker(prefect_server: str, kon
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        out = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", str(job_file), "--since", "2026-01-01",
+        out = subprocess.run([sys.executable, "-m", "assetferry.flows.cli", "backfill", str(job_file), "--since", "2026-01-01",
                               "--until", "2026-01-04", "--window", "1d", "--deployment", "sync-job/deployed-check",
                               "--output", "json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     finally:
@@ -248,7 +248,7 @@ def test_serve_registers_a_scheduled_deployment_per_job(prefect_server: str, kon
         str(kit.write_csv(tmp_path / "m.csv", kit.make_rows(tmp_path / "files", 1))), kontent, tmp_path / "state",
         name="served"))
     env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "client-home"))
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(job_file), "--cron", "30 3 * * *",
+    proc = subprocess.Popen([sys.executable, "-m", "assetferry.flows.cli", "serve", str(job_file), "--cron", "30 3 * * *",
                              "--timezone", "Europe/Berlin"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     api = httpx.Client(base_url=prefect_server, timeout=30)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.core.errors import ConfigError
-from connectors.core.records import (
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.records import (
     CANONICAL_COLUMNS,
     REJECT_COLUMNS,
     REQUIRED,
@@ -19,7 +19,7 @@ from connectors.core.records import (
     parse_window,
     rejects_frame,
 )
-from connectors.sources.base import RecordChunk
+from assetferry.connectors.sources.base import RecordChunk
 
 
 def _csv_chunk(rows: list[dict[str, str]], source: str = "m.csv", first_row: int = 1) -> RecordChunk:

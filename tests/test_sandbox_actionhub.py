@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI, Header, Query
 from pydantic import BaseModel, Field
 
-from sandbox.actionhub import (
+from assetferry.sandbox.actionhub import (
     AUTH_ERROR,
     DEMO_API_KEY,
     DEMO_OTHER_PROGRAM_ID,
@@ -17,7 +17,7 @@ from sandbox.actionhub import (
     ApiKey,
     create_app,
 )
-from sandbox.server import running
+from assetferry.sandbox.server import running
 from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 HEADERS = {"actionhub-key": DEMO_API_KEY, "program-id": DEMO_PROGRAM_ID}
@@ -322,7 +322,7 @@ def test_demo_job_is_a_valid_job_for_the_demo_manifest(tmp_path: Any) -> None:
 
     import yaml
 
-    from sandbox import actionhub
+    from assetferry.sandbox import actionhub
 
     demo_dir = Path(actionhub.__file__).parent / "demo"
     with ExitStack() as stack:

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sandbox.esploro import DAILY_MESSAGE, DEMO_API_KEY, DEMO_ASSET_IDS, DEMO_JOB_ID, PER_SECOND_MESSAGE, create_app
-from sandbox.server import running
+from assetferry.sandbox.esploro import DAILY_MESSAGE, DEMO_API_KEY, DEMO_ASSET_IDS, DEMO_JOB_ID, PER_SECOND_MESSAGE, create_app
+from assetferry.sandbox.server import running
 from tests.sandbox_kit import FakeClock, SandboxBox
 
 ASSETS = DEMO_ASSET_IDS.split(",")
@@ -503,7 +503,7 @@ def test_demo_job_serves_its_staging_folder_and_names_the_demo_manifest() -> Non
     import csv
     from pathlib import Path
 
-    from sandbox import esploro
+    from assetferry.sandbox import esploro
 
     demo_dir = Path(esploro.__file__).parent / "demo"
     with ExitStack() as stack:

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
-from sandbox.kontent import DEMO_API_KEY, DEMO_ENVIRONMENT_ID, ZERO_ID, EnvConfig, create_app, reference_id
-from sandbox.server import banner, running
+from assetferry.sandbox.kontent import DEMO_API_KEY, DEMO_ENVIRONMENT_ID, ZERO_ID, EnvConfig, create_app, reference_id
+from assetferry.sandbox.server import banner, running
 from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 ENV = DEMO_ENVIRONMENT_ID

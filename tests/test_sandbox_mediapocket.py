@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sandbox.mediapocket import DEMO_API_KEY, DEMO_PROJECT_ID, OWNER_EMAIL, create_app
-from sandbox.server import banner, running
+from assetferry.sandbox.mediapocket import DEMO_API_KEY, DEMO_PROJECT_ID, OWNER_EMAIL, create_app
+from assetferry.sandbox.server import banner, running
 from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
 
 AUTH = {"X-API-KEY": DEMO_API_KEY}
@@ -447,7 +447,7 @@ def test_unknown_route_or_method_is_json_404(box: Box) -> None:
 
 
 def test_banner_names_base_url_and_demo_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sandbox import mediapocket, server
+    from assetferry.sandbox import mediapocket, server
 
     monkeypatch.setitem(server.SIMULATORS, "mediapocket", mediapocket.create_app)  # registering is the lead's job
     line = banner("mediapocket", "http://127.0.0.1:8799")
@@ -458,7 +458,7 @@ def test_demo_job_creates_the_second_project_and_serves_staged_files(box: Box) -
     import csv
     from pathlib import Path
 
-    from sandbox.mediapocket import DEMO_CATALOG_PROJECT_ID, demo_job
+    from assetferry.sandbox.mediapocket import DEMO_CATALOG_PROJECT_ID, demo_job
 
     demo_dir = Path(__file__).resolve().parent.parent / "sandbox" / "demo"
     with ExitStack() as stack:

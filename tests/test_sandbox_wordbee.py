@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from sandbox.server import banner, running
+from assetferry.sandbox.server import banner, running
 from tests.sandbox_kit import FakeClock, SandboxBox, simulator_fixtures
-from sandbox.wordbee import (
+from assetferry.sandbox.wordbee import (
     DEMO_ACCOUNT_ID,
     DEMO_API_KEY,
     DEMO_DOCUMENT_ID,
@@ -472,7 +472,7 @@ def test_unknown_route_404_and_wrong_method_405_use_envelope(box: Box) -> None:
 
 
 def test_banner_names_base_url_and_demo_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sandbox import server, wordbee
+    from assetferry.sandbox import server, wordbee
 
     monkeypatch.setitem(server.SIMULATORS, "wordbee", wordbee.create_app)  # registering it is the lead's job
     line = banner("wordbee", "http://127.0.0.1:8799")
@@ -544,7 +544,7 @@ def test_demo_job_points_at_this_simulator_and_its_manifest_rows_fit(tmp_path: A
     import csv
     from pathlib import Path
 
-    from sandbox.wordbee import demo_job
+    from assetferry.sandbox.wordbee import demo_job
 
     demo_dir = Path(__file__).resolve().parent.parent / "sandbox" / "demo"
     job, env = demo_job("http://127.0.0.1:9", demo_dir, None)

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.core.errors import ConfigError
-from connectors.sources.base import RecordChunk, Source
-from connectors.sources.manifest import ManifestSource, display_url
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.sources.base import RecordChunk, Source
+from assetferry.connectors.sources.manifest import ManifestSource, display_url
 
 ROWS = [
     {"id": "a1", "file": "s3://assets/a1.jpg", "title": "First", "tags": "red|blue"},

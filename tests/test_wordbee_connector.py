@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from connectors.core.errors import AuthError, ConfigError, QuotaExhausted
-from connectors.core.http import Action, RetryPolicy, TokenAuth, VendorHTTP, shared_auth
-from connectors.core.ledger import JournalWriter, Ledger
-from connectors.core.loader import Loader
-from connectors.core.records import DuplicateTracker, canonicalize
-from connectors.sources.base import RecordChunk
-from connectors.vendors.wordbee import WordbeeConnector
-from sandbox import wordbee as sim
-from sandbox.server import running
+from assetferry.connectors.core.errors import AuthError, ConfigError, QuotaExhausted
+from assetferry.connectors.core.http import Action, RetryPolicy, TokenAuth, VendorHTTP, shared_auth
+from assetferry.connectors.core.ledger import JournalWriter, Ledger
+from assetferry.connectors.core.loader import Loader
+from assetferry.connectors.core.records import DuplicateTracker, canonicalize
+from assetferry.connectors.sources.base import RecordChunk
+from assetferry.connectors.vendors.wordbee import WordbeeConnector
+from assetferry.sandbox import wordbee as sim
+from assetferry.sandbox.server import running
 from tests.kits import wordbee as wb
 
 THROTTLE = {"error": {"type": "Throttling error", "message": "Requests throttled. Maximum allowed 1000 per 01:00:00."},
@@ -204,7 +204,7 @@ def test_the_upload_is_streamed_and_lookup_finds_the_asset(fresh: str, tmp_path:
 
 
 def test_settings_are_checked_when_the_job_is_read() -> None:
-    from connectors.core.job import parse_job
+    from assetferry.connectors.core.job import parse_job
 
     job = {"name": "x", "source": {"url": "m.csv"},
            "destination": {"vendor": "wordbee", "credentials": {"account_id": "env:A", "api_key": "env:B"},

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from connectors.core.errors import RejectedError
-from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
-from connectors.core.records import rejects_frame
-from connectors.vendors.base import (
+from assetferry.connectors.core.errors import RejectedError
+from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
+from assetferry.connectors.core.records import rejects_frame
+from assetferry.connectors.vendors.base import (
     BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec,
 )
 

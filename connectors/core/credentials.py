@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from connectors.core.errors import ConfigError
+from assetferry.connectors.core.errors import ConfigError
 
 Resolver = Callable[[str], str]
 

@@ -24,8 +24,8 @@ import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from connectors.core.errors import ConfigError, RejectedError, TransientError
-from connectors.core.files import AccessPolicy, FileStore
+from assetferry.connectors.core.errors import ConfigError, RejectedError, TransientError
+from assetferry.connectors.core.files import AccessPolicy, FileStore
 
 #: SigV4 presigned URLs are valid for at most 7 days; AWS refuses to honour a longer expiry.
 MAX_EXPIRES_SECONDS = 604800
@@ -310,7 +310,7 @@ class FetchableSettings(BaseModel):
     @field_validator("staging_options")
     @classmethod
     def _references_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        from connectors.core.credentials import literal_secrets
+        from assetferry.connectors.core.credentials import literal_secrets
 
         bad = literal_secrets(value or {})
         if bad:

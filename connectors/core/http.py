@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
-from connectors.core.ratelimit import Limiter, SlidingWindowLimiter
+from assetferry.connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
+from assetferry.connectors.core.ratelimit import Limiter, SlidingWindowLimiter
 
 log = logging.getLogger("assetferry.http")
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.core.credentials import REFERENCE, literal_secrets
-from connectors.core.errors import ConfigError
+from assetferry.connectors.core.credentials import REFERENCE, literal_secrets
+from assetferry.connectors.core.errors import ConfigError
 
 
 
@@ -120,7 +120,7 @@ class JobSpec(BaseModel):
 
 
 def _refuse_system_state(path: str) -> None:
-    from connectors.core.files import is_system_path
+    from assetferry.connectors.core.files import is_system_path
 
     if is_system_path(path):
         raise ValueError(f"state {path} is a system folder (/, /etc, /usr, /proc, ...): choose a folder "
@@ -140,7 +140,7 @@ def format_errors(exc: ValidationError, *, where: str, prefix: str = "") -> list
 def parse_job(data: Any, *, where: str = "<job>") -> JobSpec:
     """Validate a job mapping, including the vendor's own settings; raise one ConfigError listing
     every problem found."""
-    from connectors.vendors import vendor_spec  # local: the registry imports vendor modules
+    from assetferry.connectors.vendors import vendor_spec  # local: the registry imports vendor modules
 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")

@@ -20,10 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
-from connectors.core.files import display_url
-from connectors.core.ledger import INTENT, JournalWriter, LedgerEntry, entry
-from connectors.vendors.base import Connector, Outcome, Result, Row, Unit
+from assetferry.connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
+from assetferry.connectors.core.files import display_url
+from assetferry.connectors.core.ledger import INTENT, JournalWriter, LedgerEntry, entry
+from assetferry.connectors.vendors.base import Connector, Outcome, Result, Row, Unit
 
 log = logging.getLogger("assetferry.loader")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import fsspec
 
-from connectors.core.errors import AssetferryError
+from assetferry.connectors.core.errors import AssetferryError
 
 
 class JobBusy(AssetferryError):

@@ -100,7 +100,7 @@ class SlidingWindowLimiter:
             if len(inside) >= w.limit:
                 from datetime import datetime, timedelta, timezone
 
-                from connectors.core.errors import QuotaExhausted
+                from assetferry.connectors.core.errors import QuotaExhausted
 
                 resets = datetime.now(timezone.utc) + timedelta(seconds=inside[0] + w.seconds - now)
                 raise QuotaExhausted(

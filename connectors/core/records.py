@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.core.errors import ConfigError
+from assetferry.connectors.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from connectors.sources.base import RecordChunk
+    from assetferry.connectors.sources.base import RecordChunk
 
 CANONICAL_COLUMNS = (
     "id",

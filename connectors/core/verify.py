@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from connectors.core.errors import ConfigError
-from connectors.core.ledger import Ledger, LedgerIndex, entry, new_run_id
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.ledger import Ledger, LedgerIndex, entry, new_run_id
 
 MISSING = "missing"
 

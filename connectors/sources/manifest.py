@@ -18,8 +18,8 @@ from fsspec import AbstractFileSystem
 from fsspec.core import has_magic, url_to_fs
 from fsspec.utils import infer_compression
 
-from connectors.core.errors import ConfigError
-from connectors.sources.base import RecordChunk
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.sources.base import RecordChunk
 
 FORMATS = ("csv", "json", "jsonl", "parquet")
 EXTENSIONS = {

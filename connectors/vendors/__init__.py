@@ -6,18 +6,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from connectors.core.errors import ConfigError
+from assetferry.connectors.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from connectors.vendors.base import Connector, VendorSpec
+    from assetferry.connectors.vendors.base import Connector, VendorSpec
 
 #: vendor name -> "module:SPEC". Adding a vendor: one connector module, one simulator, one line here.
 REGISTRY: dict[str, str] = {
-    "kontent": "connectors.vendors.kontent:SPEC",
-    "esploro": "connectors.vendors.esploro:SPEC",
-    "mediapocket": "connectors.vendors.mediapocket:SPEC",
-    "actionhub": "connectors.vendors.actionhub:SPEC",
-    "wordbee": "connectors.vendors.wordbee:SPEC",
+    "kontent": "assetferry.connectors.vendors.kontent:SPEC",
+    "esploro": "assetferry.connectors.vendors.esploro:SPEC",
+    "mediapocket": "assetferry.connectors.vendors.mediapocket:SPEC",
+    "actionhub": "assetferry.connectors.vendors.actionhub:SPEC",
+    "wordbee": "assetferry.connectors.vendors.wordbee:SPEC",
 }
 #: Vendors this project plans; those not in REGISTRY yet are "planned, not built".
 KNOWN: tuple[str, ...] = ("kontent", "esploro", "mediapocket", "actionhub", "wordbee")

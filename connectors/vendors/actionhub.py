@@ -55,10 +55,10 @@ import httpx
 import pandas as pd
 from pydantic import Field, model_validator
 
-from connectors.core.errors import RejectedError, TransientError
-from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
-from connectors.core.records import RowProblems, rejects_frame
-from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec
+from assetferry.connectors.core.errors import RejectedError, TransientError
+from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
+from assetferry.connectors.core.records import RowProblems, rejects_frame
+from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec
 
 log = logging.getLogger("assetferry.actionhub")
 
@@ -346,7 +346,7 @@ class ActionHubConnector(BaseConnector):
 
 SPEC = VendorSpec(
     name="actionhub",
-    connector="connectors.vendors.actionhub:ActionHubConnector",
+    connector="assetferry.connectors.vendors.actionhub:ActionHubConnector",
     default_url="https://api.actionhub.ai",
     credential_keys=("api_key",),
     settings=ActionHubSettings,

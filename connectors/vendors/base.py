@@ -12,10 +12,10 @@ import httpx
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.core.files import FileInfo, FileStore
-from connectors.core.http import RetryPolicy, Verdict, VendorAuth, VendorHTTP
-from connectors.core.ledger import Ledger, LedgerEntry
-from connectors.core.ratelimit import Window, shared_limiter
+from assetferry.connectors.core.files import FileInfo, FileStore
+from assetferry.connectors.core.http import RetryPolicy, Verdict, VendorAuth, VendorHTTP
+from assetferry.connectors.core.ledger import Ledger, LedgerEntry
+from assetferry.connectors.core.ratelimit import Window, shared_limiter
 
 OutcomeStatus = Literal["loaded", "unchanged", "rejected", "failed", "pending"]
 
@@ -267,7 +267,7 @@ class BaseConnector:
 
     # -- shared ---------------------------------------------------------------------------
     def secret(self, key: str) -> str:
-        from connectors.core.errors import ConfigError
+        from assetferry.connectors.core.errors import ConfigError
 
         value = self._credentials.get(key)
         if value is None:

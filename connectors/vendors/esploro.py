@@ -89,14 +89,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from connectors.core.credentials import resolve_options
-from connectors.core.errors import QuotaExhausted, RejectedError, VendorResponseError
-from connectors.core.fetchurls import FetchableSettings, FetchableURLs
-from connectors.core.files import FileInfo
-from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, retry_after_seconds
-from connectors.core.ledger import INTENT, Ledger, LedgerEntry, entry
-from connectors.core.records import RowProblems, rejects_frame
-from connectors.vendors.base import (
+from assetferry.connectors.core.credentials import resolve_options
+from assetferry.connectors.core.errors import QuotaExhausted, RejectedError, VendorResponseError
+from assetferry.connectors.core.fetchurls import FetchableSettings, FetchableURLs
+from assetferry.connectors.core.files import FileInfo
+from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, retry_after_seconds
+from assetferry.connectors.core.ledger import INTENT, Ledger, LedgerEntry, entry
+from assetferry.connectors.core.records import RowProblems, rejects_frame
+from assetferry.connectors.vendors.base import (
     BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec,
 )
 
@@ -718,7 +718,7 @@ def _int(value: Any) -> int | str:
 
 SPEC = VendorSpec(
     name="esploro",
-    connector="connectors.vendors.esploro:EsploroConnector",
+    connector="assetferry.connectors.vendors.esploro:EsploroConnector",
     default_url="https://api-na.hosted.exlibrisgroup.com",
     credential_keys=("api_key",),
     settings=EsploroSettings,

@@ -83,11 +83,11 @@ import httpx
 import pandas as pd
 from pydantic import Field
 
-from connectors.core.errors import ConfigError, RejectedError, TransientError
-from connectors.core.files import FileInfo
-from connectors.core.http import Action, HeaderAuth, VendorAuth, VendorHTTP, Verdict
-from connectors.core.records import rejects_frame
-from connectors.vendors.base import (
+from assetferry.connectors.core.errors import ConfigError, RejectedError, TransientError
+from assetferry.connectors.core.files import FileInfo
+from assetferry.connectors.core.http import Action, HeaderAuth, VendorAuth, VendorHTTP, Verdict
+from assetferry.connectors.core.records import rejects_frame
+from assetferry.connectors.vendors.base import (
     BaseConnector,
     Checkpoint,
     Plan,
@@ -671,7 +671,7 @@ class KontentConnector(BaseConnector):
 
 SPEC = VendorSpec(
     name="kontent",
-    connector="connectors.vendors.kontent:KontentConnector",
+    connector="assetferry.connectors.vendors.kontent:KontentConnector",
     default_url="https://manage.kontent.ai/v2",
     credential_keys=("api_key",),
     settings=KontentSettings,

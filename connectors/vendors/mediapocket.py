@@ -89,13 +89,13 @@ import httpx
 import pandas as pd
 from pydantic import Field
 
-from connectors.core.credentials import resolve_options
-from connectors.core.errors import ConfigError, RejectedError, TransientError
-from connectors.core.fetchurls import FetchableSettings, FetchableURLs
-from connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
-from connectors.core.ledger import INTENT
-from connectors.core.records import RowProblems, rejects_frame
-from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
+from assetferry.connectors.core.credentials import resolve_options
+from assetferry.connectors.core.errors import ConfigError, RejectedError, TransientError
+from assetferry.connectors.core.fetchurls import FetchableSettings, FetchableURLs
+from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
+from assetferry.connectors.core.ledger import INTENT
+from assetferry.connectors.core.records import RowProblems, rejects_frame
+from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
 
 log = logging.getLogger("assetferry.mediapocket")
 
@@ -556,7 +556,7 @@ class MediaPocketConnector(BaseConnector):
 
 SPEC = VendorSpec(
     name="mediapocket",
-    connector="connectors.vendors.mediapocket:MediaPocketConnector",
+    connector="assetferry.connectors.vendors.mediapocket:MediaPocketConnector",
     default_url="",  # per customer: https://<host>/api/v2 (required)
     credential_keys=("api_key",),
     settings=MediaPocketSettings,

@@ -66,13 +66,13 @@ import httpx
 import pandas as pd
 from pydantic import Field, field_validator
 
-from connectors.core.errors import AuthError, RejectedError, TransientError
-from connectors.core.files import FileInfo
-from connectors.core.http import (
+from assetferry.connectors.core.errors import AuthError, RejectedError, TransientError
+from assetferry.connectors.core.files import FileInfo
+from assetferry.connectors.core.http import (
     Action, TokenAuth, Verdict, VendorAuth, VendorHTTP, json_body, retry_after_seconds, shared_auth,
 )
-from connectors.core.records import RowProblems, rejects_frame
-from connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
+from assetferry.connectors.core.records import RowProblems, rejects_frame
+from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
 
 log = logging.getLogger("assetferry.wordbee")
 
@@ -481,7 +481,7 @@ class WordbeeConnector(BaseConnector):
 
 SPEC = VendorSpec(
     name="wordbee",
-    connector="connectors.vendors.wordbee:WordbeeConnector",
+    connector="assetferry.connectors.vendors.wordbee:WordbeeConnector",
     default_url="https://www.wordbee-translator.com/api",
     credential_keys=("account_id", "api_key"),
     settings=WordbeeSettings,

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from sandbox import actionhub as actionhub_sim
+from assetferry.sandbox import actionhub as actionhub_sim
 from tests.contract_kits import Kit, records
 
 REFUSED_ID = "AH-REFUSED"  # the simulator refuses this asset_id with an indexed 422 (see _reset)

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from sandbox import esploro as esploro_sim
+from assetferry.sandbox import esploro as esploro_sim
 from tests.contract_kits import Kit, records
 
 STAGE = Path(tempfile.mkdtemp(prefix="assetferry-esploro-kit-"))

@@ -6,7 +6,7 @@ from collections import Counter
 
 import httpx
 
-from sandbox import kontent as kontent_sim
+from assetferry.sandbox import kontent as kontent_sim
 from tests import kit as kontent_kit
 from tests.contract_kits import Kit, records
 

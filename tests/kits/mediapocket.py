@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from starlette.staticfiles import StaticFiles
 
-from sandbox import mediapocket as mediapocket_sim
+from assetferry.sandbox import mediapocket as mediapocket_sim
 from tests import kit as shared_kit
 from tests.contract_kits import Kit, records
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from sandbox import wordbee as wordbee_sim
+from assetferry.sandbox import wordbee as wordbee_sim
 from tests.contract_kits import Kit, records
 
 SEGMENTS = wordbee_sim.DEMO_SEGMENT_IDS.split(",")
