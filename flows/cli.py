@@ -17,7 +17,7 @@ from rich.table import Table
 
 from assetferry.connectors.core.errors import AssetferryError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console()
 err = Console(stderr=True)
 
@@ -30,6 +30,77 @@ for _name, _value in {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # library logs outside a flow run stay local
 }.items():
     os.environ.setdefault(_name, _value)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PROGRESS_EVERY = 10.0  # seconds between progress lines outside a terminal
+
+
+def _version(value: bool) -> None:
+    if value:
+        from assetferry import __version__
+
+        print(f"assetferry {__version__}")
+        raise typer.Exit(0)
+
+
+def set_log_level(level: str) -> None:
+    """What reaches the terminal: Prefect's console handler (its start-up lines, flow and task
+    run INFO lines) and assetferry's own loggers (``assetferry.*``: retries, 429s, vendor notes)
+    print at ``level`` and above. What the Prefect UI receives is unchanged: the API handler keeps
+    INFO, and the assetferry loggers stay at INFO or lower so their lines still reach the run's
+    log there. Set before Prefect is imported (Prefect reads its logging settings at import)."""
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
+    os.environ["ASSETFERRY_LOG_LEVEL"] = level
+    ours = logging.getLogger("assetferry")
+    ours.setLevel(min(logging.getLevelName(level), logging.INFO))
+    if not any(getattr(h, "_assetferry_console", False) for h in ours.handlers):
+        # Outside a Prefect run (validate, --dry-run, verify) nobody else prints these lines.
+        handler = _StderrHandler()
+        handler._assetferry_console = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_OutsideFlowRuns())
+        ours.addHandler(handler)
+    for handler in ours.handlers:
+        if getattr(handler, "_assetferry_console", False):
+            handler.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+
+class _OutsideFlowRuns(logging.Filter):
+    """Once Prefect has set up logging, its console handler on the root logger prints assetferry's
+    lines (they propagate to it): print here only before that (validate, --dry-run, verify)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not logging.getLogger().handlers
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="more output: -v adds Prefect's run lines and assetferry's INFO "
+                                     "lines, -vv DEBUG"),
+    log_level: Optional[str] = typer.Option(
+        None, "--log-level", envvar="ASSETFERRY_LOG_LEVEL", case_sensitive=False,
+        help="DEBUG | INFO | WARNING | ERROR: what Prefect and assetferry print on the terminal "
+             "(default WARNING; the Prefect UI still gets INFO)"),
+) -> None:
+    level = (log_level or ("DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING")).upper()
+    if level not in LEVELS:
+        _fail(f"--log-level {log_level!r}: choose one of {', '.join(LEVELS)}")
+    set_log_level(level)
 
 
 def _fail(message: str, code: int = 2, output: str = "table") -> None:
@@ -95,19 +166,37 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
               full_refresh: bool = False) -> dict[str, Any]:
+    from contextlib import nullcontext
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from assetferry.flows import sync
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err,
-                  transient=False) as progress:
-        bar = progress.add_task(f"{job.name} -> {job.destination.vendor}", total=None, detail="starting")
+    title = f"{job.name} -> {job.destination.vendor}"
+    # A terminal gets a live bar; a pipe or a CI log gets whole lines, at most one per
+    # PROGRESS_EVERY seconds plus the last, so nothing is cut to the width of a missing terminal.
+    live = err.is_terminal
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err,
+                        transient=False) if live else None
+    with progress or nullcontext():
+        bar = progress.add_task(title, total=None, detail="starting") if progress else None
+        last, printed = [0.0], [""]
 
         def hook(s: Any) -> None:
-            progress.update(bar, total=s.total, completed=s.done,
-                            detail=f"{s.loaded} loaded, {s.unchanged} unchanged, {s.rejected} rejected, "
-                                   f"{s.failed} failed")
+            detail = (f"{s.loaded} loaded, {s.unchanged} unchanged, {s.rejected} rejected, "
+                      f"{s.failed} failed")
+            if progress is not None:
+                progress.update(bar, total=s.total, completed=s.done, detail=detail)
+                return
+            import time
+
+            now = time.monotonic()
+            line = f"{title}: {s.done}/{s.total or '?'} rows ({detail})"
+            complete = bool(s.total) and s.done >= s.total
+            if line != printed[0] and s.done and (complete or now - last[0] >= PROGRESS_EVERY):
+                last[0], printed[0] = now, line
+                print(line, file=sys.stderr, flush=True)
 
         sync.PROGRESS_HOOKS.append(hook)
         quiet = _NoConfigTracebacks()
@@ -410,12 +499,29 @@ def demo(
 
         try:
             job = parse_job({"name": f"demo-{vendor}", "state": str(state), **fields}, where="demo")
-            console.print(f"sandbox {vendor} at {root}; state in {state} (removed afterwards)")
+            console.print(f"sandbox {vendor} at {root}; state in {state} (removed afterwards)",
+                          soft_wrap=True)
             summary = _run_flow(job, None, None, None)
         except AssetferryError as exc:
             _fail(str(exc))
     console.print(_summary_table(summary))
     raise typer.Exit(summary["exit_code"])
+
+
+@app.command()
+def schema(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the schema to this file"),
+) -> None:
+    """Print the job file's JSON Schema (destination typed per vendor), for editors: e.g. a
+    first line ``# yaml-language-server: $schema=./job.schema.json`` in the job file."""
+    from assetferry.connectors.core.schema import job_schema
+
+    text = json.dumps(job_schema(), indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
