@@ -53,6 +53,9 @@ def child_env(tmp: Path, **extra: str) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        # Ephemeral unless a bench asks for assetferry's local server (bench/fixedcost.py), which
+        # would otherwise keep running after the temp home is gone.
+        "ASSETFERRY_PREFECT_SERVER": "ephemeral",
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",

@@ -1,8 +1,11 @@
-"""Run every benchmark (memory, then rate) and print their figures, then a short recap.
+"""Run every benchmark and print their figures, then a short recap: memory, rate, throughput
+(assetferry vs a bare httpx loop, Prefect's share, the limiter's share at 0 and 150 ms RTT),
+validate on 1M rows, and fixedcost (a no-op run: ephemeral vs the reused local server; Dask).
 
-Usage: python bench/run.py [--quick]
-  --quick   rate bench with 60 assets (about a minute; too short for a full 60 s window,
-            so it reports average rates instead of the per-minute share)
+Usage: python bench/run.py [--quick] [--only memory,rate,throughput,validate,fixedcost]
+  --quick   smaller runs: rate with 60 assets (too short for a full 60 s window, so it reports
+            average rates instead of the per-minute share), throughput with 500 assets,
+            validate with 200k rows, fixedcost with one repeat
 Each benchmark runs as its own subprocess (so one's memory or failure cannot skew the other).
 Figures, not assertions: exits 0 when both benchmarks ran, whatever PASS/MISS they print.
 """
@@ -43,12 +46,20 @@ def _run(script: str, args: list[str], timeout: float) -> tuple[int, dict | None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller rate run (60 assets)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs")
+    parser.add_argument("--only", default="memory,rate,throughput,validate,fixedcost")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
 
-    mem_code, mem = _run("memory.py", [], timeout=600)
+    mem_code, mem = _run("memory.py", [], timeout=600) if "memory" in only else (0, None)
     rate_args = ["--assets", "60"] if args.quick else []
-    rate_code, rate = _run("rate.py", rate_args, timeout=900)
+    rate_code, rate = _run("rate.py", rate_args, timeout=900) if "rate" in only else (0, None)
+    others = {}
+    for name, full, quick in (("throughput", [], ["--assets", "500"]),
+                              ("validate", [], ["--rows", "200000"]),
+                              ("fixedcost", [], ["--repeats", "1"])):
+        if name in only:
+            others[name] = _run(f"{name}.py", quick if args.quick else full, timeout=1200)
 
     MiB = 1024 * 1024
     print("\n== recap ==")
@@ -71,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rate: assetferry {a['avg_per_second']:.2f} req/s average (no full 60 s window), {thr} throttled")
         if rate.get("ratio") is not None:
             print(f"rate: assetferry / bare httpx = {rate['ratio']:.3f}")
-    else:
+    elif "rate" in only:
         print(f"rate: no figures (exit {rate_code})")
-    return 0 if mem and rate else 1
+    for name, (code, figures) in others.items():
+        # each script printed its own figures above; here one line each for the record
+        print(f"{name}: " + (json.dumps(figures, default=str)[:2000] if figures else f"no figures (exit {code})"))
+    ran = [mem, rate] if {"memory", "rate"} <= only else []
+    return 0 if all(ran) and all(f for _, f in others.values()) else 1
 
 
 if __name__ == "__main__":

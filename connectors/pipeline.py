@@ -11,18 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import SecretStr
-
 from assetferry.connectors.core.credentials import resolve_credentials, resolve_options
 from assetferry.connectors.core.fetchurls import FetchableURLs
 from assetferry.connectors.core.files import AccessPolicy, FileStore, resolve_paths
 from assetferry.connectors.core.job import JobSpec
 from assetferry.connectors.core.ledger import Ledger, RejectsWriter
-from assetferry.connectors.core.records import (REJECT_COLUMNS, DuplicateTracker, canonicalize, in_window, parse_window,
-                                     rejects_frame)
+from assetferry.connectors.core.records import (
+    REJECT_COLUMNS,
+    DuplicateTracker,
+    canonicalize,
+    check_columns,
+    in_window,
+    parse_window,
+    rejects_frame,
+)
 from assetferry.connectors.sources.manifest import ManifestSource
 from assetferry.connectors.vendors import vendor_class
 from assetferry.connectors.vendors.base import Connector
+from pydantic import SecretStr
 
 GROUP_BUCKETS = 16  # grouped vendors spill rows into this many buckets by group key
 
@@ -43,22 +49,45 @@ def make_connector(job: JobSpec, credentials: dict[str, SecretStr] | None = None
     return connector
 
 
+def manifest_source(job: JobSpec) -> ManifestSource:
+    """The job's manifest as a source, with its read options (encoding, delimiter, bad lines)."""
+    src = job.source
+    return ManifestSource(src.url, format=src.format, options=resolve_options(src.options), columns=src.columns,
+                          encoding=src.encoding, delimiter=src.delimiter, on_bad_lines=src.on_bad_lines)
+
+
 def access_policy(job: JobSpec) -> AccessPolicy:
     """Where the job's asset files may be read from (``source.allowed_roots``/``allowed_hosts``)."""
     src = job.source
     return AccessPolicy.build(src.url, src.allowed_roots, src.allowed_hosts)
 
 
+_SEEN_MAX = 100_000  # files whose early policy answer a pipeline remembers
+
 #: A media type as HTTP carries it: printable ASCII, ``type/subtype`` (parameters allowed).
 _MEDIA_TYPE = r"^[!-~]+/[!-~]+(?:\s*;[ -~]*)?$"
 
 
-def trust_rejects(good: pd.DataFrame, policy: AccessPolicy | None) -> pd.Series:
+def trust_rejects(good: pd.DataFrame, policy: AccessPolicy | None,
+                  seen: dict[str, str | None] | None = None) -> pd.Series:
     """Per row, ``"field\x00reason"`` for a row that must not go further (a file outside the
     allowed roots or hosts, a content type no HTTP header can carry), else NA. Vectorised; reads
-    nothing, contacts nothing."""
+    nothing, contacts nothing. ``seen`` remembers each file's answer across chunks (this is the
+    early filter only: the file store checks again, links resolved anew, at stat and at open)."""
     out = pd.Series(pd.NA, index=good.index, dtype="string")
-    if policy is not None and "file" in good.columns:
+    if policy is not None and "file" in good.columns and seen is not None:
+        files = good["file"].astype("string")
+        present = files.notna()
+        for url in files[present].unique():
+            if url not in seen:
+                if len(seen) >= _SEEN_MAX:
+                    seen.clear()
+                seen[url] = policy.reason(str(url))
+        reason = pd.Series(pd.NA, index=good.index, dtype="string")
+        reason[present] = files[present].map(seen).astype("string")
+        hit = reason.notna()
+        out[hit] = "file\x00not allowed: " + reason[hit]
+    elif policy is not None and "file" in good.columns:
         reason = policy.check(good["file"])
         hit = reason.notna()
         out[hit] = "file\x00not allowed: " + reason[hit]
@@ -93,7 +122,7 @@ class Pipeline:
     """Streams a job's source as ready-to-load batches, collecting rejects on the way.
 
     Memory is bounded by one source chunk plus one batch, whatever the manifest size (the
-    duplicate tracker keeps one entry per distinct id). A vendor whose requests group rows by a
+    duplicate tracker keeps 24 bytes per distinct id: 24 MB for a million rows). A vendor whose requests group rows by a
     column (``UnitRule.kind == "group"``) gets whole groups in one batch even when a group's rows
     are scattered over the manifest: rows are spilled to temporary files in buckets by group key
     and each bucket is read back alone, so memory is bounded by one bucket (about 1/16 of the rows).
@@ -110,24 +139,33 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.window = parse_window(self.since, self.until)
-        src = self.job.source
-        self.source = ManifestSource(src.url, format=src.format, options=resolve_options(src.options),
-                                     columns=src.columns)
+        self.source = manifest_source(self.job)
         self.policy = access_policy(self.job)
 
     def prepared(self) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-        """(ready rows, rejected rows) per source chunk, after the window and the limit."""
+        """(ready rows, rejected rows) per source chunk, after the window and the limit.
+
+        Rows rejected while parsing (``RecordChunk.rejects``) count as read and rejected. Raises
+        ``ConfigError`` once, before any row of a file, when that file lacks a required column."""
         tracker = DuplicateTracker()
+        checked: set[str] = set()
+        seen: dict[str, str | None] = {}  # each file's early policy answer, once per run
         for chunk in self.source.chunks(self.chunk_rows):
             if self.limit is not None and self.counts.ready >= self.limit:
                 return
-            self.counts.read += len(chunk.frame)
             spec = self.connector.spec
+            if chunk.source not in checked and len(chunk.frame.columns):
+                # CSV and Parquet have one header per file; JSON's columns are those of its first rows
+                check_columns(chunk, spec.required_columns)
+                checked.add(chunk.source)
+            self.counts.read += chunk.rows_read
             good, rejects = canonicalize(chunk, tracker, spec.required_columns)
+            if chunk.rejects is not None and len(chunk.rejects):
+                rejects = pd.concat([chunk.rejects, rejects], ignore_index=True) if len(rejects) else chunk.rejects
             if spec.files and len(good):
                 good["file"] = resolve_paths(good["file"], good["_source"])
             if len(good):  # before any stat: a refused file is never read, no host contacted
-                refused = trust_rejects(good, self.policy if spec.files else None)
+                refused = trust_rejects(good, self.policy if spec.files else None, seen)
                 hit = refused.notna().to_numpy(dtype=bool)
                 if hit.any():
                     parts = refused[hit].str.split("\x00", n=1, expand=True)
@@ -200,7 +238,7 @@ class Pipeline:
                 with path.open("rb") as f:
                     while True:
                         try:
-                            parts.append(pickle.load(f))  # noqa: S301 - our own temporary file
+                            parts.append(pickle.load(f))
                         except EOFError:
                             break
                 path.unlink()
@@ -231,8 +269,14 @@ class Pipeline:
         return self.job.batch_size or self.connector.spec.batch_size
 
     def count_rows(self) -> int:
-        """Rows in the source (one extra streaming pass), for progress totals."""
-        return sum(len(c.frame) for c in self.source.chunks(self.chunk_rows))
+        """Rows in the source (one extra streaming pass), for progress totals; rows that cannot
+        be parsed count too (each becomes a reject)."""
+        return sum(c.rows_read for c in manifest_source(self.job).chunks(self.chunk_rows))
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the summary should say although nothing failed: manifests without a single row."""
+        return [f"manifest {source} has no rows" for source in self.source.empty_files]
 
     def ledger(self) -> Ledger:
         return Ledger(state_url(self.job, self.connector), state_options(self.job))

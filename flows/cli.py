@@ -16,10 +16,33 @@ from rich.console import Console
 from rich.table import Table
 
 from assetferry.connectors.core.errors import AssetferryError, ConfigError
+from assetferry.connectors.core.redact import RedactingFilter, clean, mask_secrets
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
-console = Console()
-err = Console(stderr=True)
+
+
+class _SafeConsole(Console):
+    """A rich Console on which no value can drive the terminal or show a secret: every string it
+    renders (messages, table cells, titles, captions) has its control characters escaped
+    (``\\x1b``) and URL passwords and signatures masked; JSON output is masked the same way (JSON
+    already escapes control characters). Markup in *values* is the caller's to escape (``_cell``)."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        return super().render_str(clean(text), *args, **kwargs)
+
+    def print_json(self, json: str | None = None, *args: Any, **kwargs: Any) -> None:
+        super().print_json(mask_secrets(json) if json is not None else None, *args, **kwargs)
+
+
+def _cell(value: Any) -> Any:
+    """A table cell holding a value from the data: shown literally (no markup), cleaned."""
+    from rich.text import Text
+
+    return Text(clean("" if value is None else value, keep_newlines=False))
+
+
+console = _SafeConsole()
+err = _SafeConsole(stderr=True)
 
 # Offline-friendly Prefect defaults (see shared/prefect-notes.md); a user's own settings win.
 for _name, _value in {
@@ -60,6 +83,7 @@ def set_log_level(level: str) -> None:
         handler._assetferry_console = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler.addFilter(_OutsideFlowRuns())
+        handler.addFilter(RedactingFilter())
         ours.addHandler(handler)
     for handler in ours.handlers:
         if getattr(handler, "_assetferry_console", False):
@@ -107,7 +131,7 @@ def _fail(message: str, code: int = 2, output: str = "table") -> None:
     """One clear message and exit ``code``: on stderr, or as a JSON object on stdout for
     ``--output json`` (``{"error": ..., "exit_code": ...}``)."""
     if output == "json":
-        print(json.dumps({"error": message, "exit_code": code}))
+        print(mask_secrets(json.dumps({"error": message, "exit_code": code})))
     else:
         err.print(f"[bold red]error:[/] {_markup_escape(message)}", highlight=False)
     raise typer.Exit(code)
@@ -127,14 +151,23 @@ def _check_before_prefect(job: Any) -> None:
     from assetferry.connectors.core.credentials import resolve_credentials, resolve_options
     from assetferry.connectors.sources.manifest import ManifestSource
 
+    from assetferry.connectors.pipeline import access_policy
+
+    access_policy(job)  # e.g. a manifest in / with no allowed_roots: refused as validate refuses it
     refs = job.destination.credentials
     resolve_credentials({k: v for k, v in refs.items() if str(v).startswith("env:")})
     options = job.source.options
     if not any(isinstance(v, str) and v.startswith("secret:") for v in _leaves(options)):
         options = resolve_options(options)
-        source = ManifestSource(job.source.url, format=job.source.format, options=options,
-                                columns=job.source.columns)
-        for _chunk in source.chunks(100):
+        src = job.source
+        source = ManifestSource(src.url, format=src.format, options=options, columns=src.columns,
+                                encoding=src.encoding, delimiter=src.delimiter, on_bad_lines=src.on_bad_lines)
+        for chunk in source.chunks(100):
+            if len(chunk.frame.columns):  # a missing id/file column is one message, before Prefect
+                from assetferry.connectors.core.records import check_columns
+                from assetferry.connectors.vendors import vendor_spec
+
+                check_columns(chunk, vendor_spec(job.destination.vendor).required_columns)
             break
 
 
@@ -165,7 +198,34 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 
 def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
-              full_refresh: bool = False) -> dict[str, Any]:
+              full_refresh: bool = False, *, no_server: bool = False) -> dict[str, Any]:
+    """Run the flow against the Prefect API ``flows/server.py`` picks: PREFECT_API_URL if set,
+    else assetferry's local server (started on first use, reused after), else ephemeral mode
+    (``no_server``, ASSETFERRY_PREFECT_SERVER=ephemeral). The Dask runner needs a server."""
+    from assetferry.flows import server
+
+    dask = job.runner != "threads"
+    if dask:
+        import importlib.util
+
+        if importlib.util.find_spec("prefect_dask") is None or importlib.util.find_spec("distributed") is None:
+            raise ConfigError(f"runner {job.runner} needs prefect-dask and distributed: "
+                              "pip install 'assetferry[dask]'")
+    choice = server.choose(no_server=no_server, need_server=dask, why=f"runner {job.runner} (Dask workers "
+                                                                      "report to the Prefect API)")
+    if dask:
+        where = ("a local Dask cluster" if job.runner == "dask"
+                 else "the Dask scheduler at " + job.runner.removeprefix("dask://"))
+        err.print(_markup_escape(f"runner {job.runner}: batches run on {where}; its workers need a real "
+                                 f"Prefect server. {choice.describe()}"), highlight=False, soft_wrap=True)
+    elif choice.how == "started":
+        err.print(_markup_escape(choice.describe()), highlight=False, soft_wrap=True)
+    with server.using(choice):
+        return _run_flow_here(job, since, until, limit, full_refresh)
+
+
+def _run_flow_here(job: Any, since: str | None, until: str | None, limit: int | None,
+                   full_refresh: bool = False) -> dict[str, Any]:
     from contextlib import nullcontext
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -204,12 +264,17 @@ def _run_flow(job: Any, since: str | None, until: str | None, limit: int | None,
                     for h in logging.getLogger(name).handlers}
         for handler in handlers:
             handler.addFilter(quiet)
+            handler.addFilter(redacting)
         try:
-            return sync.sync_assets(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
+            return sync.sync_flow(job)(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
         finally:
             sync.PROGRESS_HOOKS.remove(hook)
             for handler in handlers:
                 handler.removeFilter(quiet)
+                handler.removeFilter(redacting)
+
+
+redacting = RedactingFilter()
 
 
 class _NoConfigTracebacks(logging.Filter):
@@ -226,16 +291,20 @@ class _NoConfigTracebacks(logging.Filter):
 
 def _preview(job: Any, since: str | None, until: str | None, limit: int | None, *,
              use_ledger: bool, out: Path | None, sample: int, title: str = "dry run (nothing sent)",
-             full_refresh: bool = False, output: str = "table", check_vendor: bool = False) -> int:
+             full_refresh: bool = False, output: str = "table", check_vendor: bool = False,
+             every_request: bool = False) -> int:
     """validate / --dry-run: extract, transform and plan every request, sending nothing. The
     actions are the vendor's own (``upload+upsert``, ``create``, ``link``...), counted per row.
     ``check_vendor``: first read what the destination defines (the connector's ``preflight``,
     read-only requests) when the credentials resolve, so rows referring to what it lacks are
-    rejected too; the output says whether that happened."""
+    rejected too; the output says whether that happened. ``every_request`` (the dry run): every
+    request goes to a JSON-lines file, ``out`` or else ``plan.jsonl`` in the job's state folder
+    (a temporary file when the state is remote), and the output says where."""
     from collections import Counter
 
     import pandas as pd
 
+    from assetferry.connectors.core.decide import preview
     from assetferry.connectors.core.loader import Loader
     from assetferry.connectors.pipeline import Pipeline, make_connector
 
@@ -263,11 +332,14 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     counts: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []
     shown = 0
+    if out is None and every_request:
+        out = _default_plan_file(job, ledger)
     sink = out.open("w", encoding="utf-8") if out else None
     # Whole source chunks, not load batches (per-call pandas overhead on 50-row frames would
     # dominate), except for vendors whose requests group rows: their batches hold whole groups.
     grouped = connector.spec.unit.kind == "group"
     frames = pipeline.batches() if grouped else pipeline.prepared()
+    stat_cache: dict[str, Any] = {}  # validate is a snapshot: each distinct file is stat'ed once
     try:
         for ready, found in frames:
             if len(found):
@@ -275,6 +347,17 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
             if not len(ready):
                 continue
             wanted = priors.get_many(ready["id"].tolist()) if use_ledger else {}
+            # Without a plan file, counts in bulk (the same decisions, the sample's requests exact);
+            # None when the vendor cannot name its actions in bulk: every unit is planned below.
+            quick = None if sink else preview(loader, ready, wanted, sample - shown if output == "table" else 0,
+                                              stat_cache)
+            if quick is not None:
+                counts.update(quick.counts)
+                rejects += quick.rejects
+                for item in quick.samples:
+                    console.print_json(json.dumps(item.to_dict(), default=str))
+                    shown += 1
+                continue
             for item in loader.plan(ready, wanted):
                 counts[item.action] += len(item.ids)
                 if item.action == "reject":
@@ -283,7 +366,7 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
                                     "reason": item.reason})
                 data = item.to_dict()
                 if sink:
-                    sink.write(json.dumps(data, default=str) + "\n")
+                    sink.write(mask_secrets(json.dumps(data, default=str)) + "\n")
                 if item.requests and shown < sample and output == "table":
                     console.print_json(json.dumps(data, default=str))
                     shown += 1
@@ -296,7 +379,8 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
             "job": job.name, "vendor": job.destination.vendor, "mode": title, "rows_read": pipeline.counts.read,
             "would": {a: counts[a] for a in actions}, "unchanged": counts["unchanged"], "rejected": len(rejects),
             "outside_window": pipeline.counts.outside_window, "watermark": str(pipeline.watermark or "") or None,
-            "rejects": rejects[:100], "plan_file": str(out) if out else None,
+            "rejects": rejects[:100], "plan_file": str(out) if out else None, "warnings": pipeline.warnings,
+            "notes": dict(getattr(connector, "notes", None) or {}),
             **({"destination_check": vendor_note} if vendor_note else {})}, default=str))
         return 1 if rejects else 0
     table = Table(title=f"{job.name} -> {job.destination.vendor}: {title}")
@@ -309,6 +393,8 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
     if notes:
         table.caption = "; ".join(f"{what}: {n} rows" for what, n in notes.items())
     console.print(table)
+    for warning in pipeline.warnings:  # e.g. a manifest without a single row: never a silent success
+        console.print(f"warning: {_markup_escape(warning)}", highlight=False, soft_wrap=True)
     if vendor_note:
         console.print(f"destination: {vendor_note}")
     if rejects:
@@ -316,11 +402,23 @@ def _preview(job: Any, since: str | None, until: str | None, limit: int | None, 
         for col in ("source", "row", "id", "field", "reason"):
             rt.add_column(col)
         for r in rejects[:20]:
-            rt.add_row(*(str(r.get(c, "")) for c in ("source", "row", "id", "field", "reason")))
+            rt.add_row(*(_cell(r.get(c, "")) for c in ("source", "row", "id", "field", "reason")))
         console.print(rt)
     if out:
-        console.print(f"full plan: {out}")
+        console.print(f"every request (JSON lines, {shown} shown above): {out}", soft_wrap=True)
     return 1 if rejects else 0
+
+
+def _default_plan_file(job: Any, ledger: Any) -> Path:
+    """Where a dry run writes its plan without ``--plan``: ``plan.jsonl`` in the job's local state
+    folder, else a new temporary file."""
+    if ledger.local:
+        folder = Path(ledger.root)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / "plan.jsonl"
+    handle, name = tempfile.mkstemp(prefix=f"assetferry-plan-{job.name}-", suffix=".jsonl")
+    os.close(handle)
+    return Path(name)
 
 
 @app.command()
@@ -329,14 +427,23 @@ def run(
     since: Optional[str] = typer.Option(None, help="only records with updated_at >= this ISO time"),
     until: Optional[str] = typer.Option(None, help="only records with updated_at < this ISO time"),
     limit: Optional[int] = typer.Option(None, min=1, help="load at most N records"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="show every request that would be sent; send nothing"),
-    plan: Optional[Path] = typer.Option(None, help="with --dry-run: write the full plan (JSON lines) here"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="send nothing: print the counts and the first 3 requests, and write every "
+                                      "request that would be sent to a JSON-lines file (--plan, default: plan.jsonl "
+                                      "in the job's state folder); the output names the file"),
+    plan: Optional[Path] = typer.Option(None, help="with --dry-run: write every request (JSON lines) here"),
     full_refresh: bool = typer.Option(False, "--full-refresh",
                                       help="consider every row, not only those updated since the last complete run"),
     reconcile: bool = typer.Option(False, "--reconcile",
                                    help="first read the vendor back and send again what is missing there "
                                         "(e.g. deleted in its UI; see `verify`)"),
     output: str = typer.Option("table", help="table | json"),
+    runner: Optional[str] = typer.Option(
+        None, "--runner", help="threads | dask | dask://host:port: where batches run (default: the job's "
+                               "runner); Dask needs a Prefect server (the local one is started if needed)"),
+    no_server: bool = typer.Option(
+        False, "--no-server", help="use Prefect's ephemeral mode for this run instead of the local Prefect "
+                                   "server (as ASSETFERRY_PREFECT_SERVER=ephemeral)"),
 ) -> None:
     """Load a job's records into its vendor. Exit 0 all loaded, 1 rows rejected/failed, 2 config error.
 
@@ -352,10 +459,13 @@ def run(
         job = load_job(job_file)
         if dry_run:
             raise typer.Exit(_preview(job, since, until, limit, use_ledger=True, out=plan, sample=3,
-                                      full_refresh=full_refresh, output=output, check_vendor=True))
+                                      full_refresh=full_refresh, output=output, check_vendor=True,
+                                      every_request=True))
         from assetferry.connectors.core.records import parse_window
 
         parse_window(since, until)  # configuration problems are answered before Prefect starts
+        if runner:
+            job = _with_runner(job, runner)
         _check_before_prefect(job)
         if reconcile:
             from assetferry.connectors.core.ledger import Ledger
@@ -369,7 +479,7 @@ def run(
             mark_missing(ledger, index, missing)
             err.print(f"reconcile: {len(missing)} records missing at the vendor are sent again by this run")
             full_refresh = full_refresh or bool(missing)  # an old row must not hide behind the watermark
-        summary = _run_flow(job, since, until, limit, full_refresh)
+        summary = _run_flow(job, since, until, limit, full_refresh, no_server=no_server)
     except AssetferryError as exc:
         _fail(str(exc), output=output)
     if output == "json":
@@ -424,7 +534,8 @@ def verify(
         for what in ("missing", "changed", "extra"):
             ids = getattr(report, what)
             if ids:
-                console.print(f"{what}: " + ", ".join(ids[:20]) + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""))
+                console.print(f"{what}: " + _markup_escape(", ".join(map(str, ids[:20])))  # ids are data
+                              + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""))
         if reconcile and report.missing:
             console.print(f"{len(report.missing)} missing records will be sent again by the next run")
     raise typer.Exit(0 if report.clean else 1)
@@ -477,6 +588,7 @@ def validate(
 @app.command()
 def demo(
     vendor: str = typer.Argument("kontent", help="kontent | esploro | mediapocket | actionhub | wordbee"),
+    output: str = typer.Option("table", help="table | json"),
 ) -> None:
     """Start a vendor's sandbox, load the bundled sample manifest through the real flow, print the summary."""
     from contextlib import ExitStack
@@ -484,8 +596,10 @@ def demo(
 
     from assetferry.sandbox.server import SIMULATORS, running
 
+    if output not in ("table", "json"):
+        _fail(f"invalid --output {output!r}: use table or json")
     if vendor not in SIMULATORS:
-        _fail(f"no sandbox for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})")
+        _fail(f"no sandbox for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})", output=output)
     module = sys.modules[SIMULATORS[vendor].__module__]
     demo_dir = Path(str(files("assetferry.sandbox") / "demo"))
     with ExitStack() as stack:
@@ -499,12 +613,22 @@ def demo(
 
         try:
             job = parse_job({"name": f"demo-{vendor}", "state": str(state), **fields}, where="demo")
-            console.print(f"sandbox {vendor} at {root}; state in {state} (removed afterwards)",
-                          soft_wrap=True)
-            summary = _run_flow(job, None, None, None)
+            # A rehearsal leaves nothing running: it uses a Prefect server already there (a
+            # configured PREFECT_API_URL or assetferry's local one), else Prefect's ephemeral mode.
+            from assetferry.flows import server
+
+            ephemeral = server.configured_api_url() is None and server.status() is None
+            (err if output == "json" else console).print(
+                f"sandbox {vendor} at {root}; state in {state} (removed afterwards)"
+                + ("; Prefect: ephemeral (`assetferry server start` keeps runs in a UI)" if ephemeral else ""),
+                soft_wrap=True)
+            summary = _run_flow(job, None, None, None, no_server=ephemeral)
         except AssetferryError as exc:
-            _fail(str(exc))
-    console.print(_summary_table(summary))
+            _fail(str(exc), output=output)
+    if output == "json":
+        console.print_json(json.dumps(summary, default=str))
+    else:
+        console.print(_summary_table(summary))
     raise typer.Exit(summary["exit_code"])
 
 
@@ -583,7 +707,7 @@ def backfill(
         results = (_backfill_deployment(deployment, job_file, windows) if deployment
                    else [_run_flow(job, a, b, None) for a, b in windows])
     except AssetferryError as exc:
-        _fail(str(exc))
+        _fail(str(exc), output=output)
     code = max((r.get("exit_code", 1) for r in results), default=0)
     if output == "json":
         console.print_json(json.dumps(results, default=str))
@@ -645,7 +769,7 @@ def status(
         ledger = Pipeline(job, make_connector(job, credentials={})).ledger()
         info = _status(job, ledger, ledger.load())
     except AssetferryError as exc:
-        _fail(str(exc))
+        _fail(str(exc), output=output)
     if output == "json":
         console.print_json(json.dumps(info, default=str))
         raise typer.Exit(0)
@@ -728,6 +852,70 @@ def serve(
         for job, path in jobs
     ]
     prefect_serve(*deployments)
+
+
+def _with_runner(job: Any, runner: str) -> Any:
+    """The job with ``--runner`` in place of its own (validated like the job file's). Raises ConfigError."""
+    from pydantic import ValidationError
+
+    from assetferry.connectors.core.job import JobSpec
+
+    try:
+        return JobSpec.model_validate({**job.model_dump(), "runner": runner})
+    except ValidationError:
+        raise ConfigError(f"--runner {runner!r}: use threads, dask or dask://host:port") from None
+
+
+server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server assetferry starts on first use "
+                                                    "(in $PREFECT_HOME; opt out: ASSETFERRY_PREFECT_SERVER=ephemeral).")
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("status")
+def server_status(output: str = typer.Option("table", help="table | json")) -> None:
+    """Whether the local Prefect server runs, its UI/API URL, PID and log. Exit 0 running, 1 not."""
+    from assetferry.flows import server
+
+    info = server.status()
+    data = server.describe_info(info)
+    configured = server.configured_api_url()
+    if configured:
+        data["prefect_api_url"] = configured  # what runs use instead
+    if output == "json":
+        console.print_json(json.dumps(data))
+    elif info:
+        console.print(f"running: {info.ui} (API {info.url}), pid {info.pid}, home {info.home}, log {info.log}",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"not running (home {data['home']}); the next `assetferry run` starts it",
+                      highlight=False, soft_wrap=True)
+    if configured and output != "json":
+        console.print(f"PREFECT_API_URL is set ({configured}): runs use that server, not this one",
+                      highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if info else 1)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local Prefect server now (or report the running one)."""
+    from assetferry.flows import server
+
+    try:
+        info, started = server.ensure()
+    except AssetferryError as exc:
+        _fail(str(exc))
+    console.print(f"{'started' if started else 'running'}: {info.ui} (pid {info.pid})", highlight=False,
+                  soft_wrap=True)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server (runs stay in the Prefect home's database)."""
+    from assetferry.flows import server
+
+    info = server.stop()
+    console.print(f"stopped the server at {info.ui} (pid {info.pid})" if info else "no server was running",
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:

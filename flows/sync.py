@@ -25,11 +25,12 @@ from assetferry.connectors.core.job import JobSpec, load_job
 from assetferry.connectors.core.ledger import Ledger, LedgerIndex, RejectsWriter, new_run_id
 from assetferry.connectors.core.loader import BatchResult
 from assetferry.connectors.core.records import rejects_frame
+from assetferry.connectors.core.redact import redact_handlers
 from assetferry.connectors.core.lock import RunLock
 from assetferry.connectors.pipeline import Pipeline, make_connector, state_options
 from assetferry.connectors.vendors.base import BaseConnector, Outcome
 from assetferry.flows import secrets  # noqa: F401 - registers the secret: credential scheme
-from assetferry.tasks.load import finish_load, load_batch
+from assetferry.tasks.load import ensure_budget, finish_load, load_batch, shares_budget
 
 #: Called after every batch with the running summary; the CLI hangs its progress bar here.
 ProgressHook = Callable[["RunSummary"], None]
@@ -167,8 +168,11 @@ class _Batches:
         self.report()
 
     def _failed_batch(self, number: int, batch: pd.DataFrame, exc: Exception) -> BatchResult:
+        """A batch that raised after its retries: rows its attempts loaded stay loaded, rows the
+        ledger holds unchanged stay unchanged (they needed no request), the others failed."""
         done = {e.id for e in self.ledger.batch_entries(self.summary.run_id, number).values()
                 if e.status in self.pipeline.connector.spec.done_statuses}
+        settled = self._settled_without_sending(batch)
         reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, TransientError) and not self.summary.stopped:
             # Retried by the HTTP layer and by Prefect and still failing: the vendor is down.
@@ -177,8 +181,23 @@ class _Batches:
             self.logger.error("stopping early: %s", self.summary.stopped)
         result = BatchResult()
         for i in batch["id"]:
-            result.add(Outcome(i, "loaded") if i in done else Outcome(i, "failed", reason=reason))
+            result.add(Outcome(i, "loaded") if i in done
+                       else settled.get(str(i)) or Outcome(i, "failed", reason=reason))
         return result
+
+    def _settled_without_sending(self, batch: pd.DataFrame) -> dict[str, Outcome]:
+        """The rows of ``batch`` the loader decides without a request: unchanged since an earlier
+        run, or loaded by an earlier attempt of this one (id -> outcome). Best effort: {} when it
+        cannot be worked out (the rows then count as failed, as before)."""
+        from assetferry.connectors.core.loader import Loader
+
+        try:
+            priors = self.ledger.load().get_many(batch["id"].astype(str).tolist())
+            _, decided = Loader(self.pipeline.connector).rows(batch.reset_index(drop=True), priors,
+                                                              self.summary.run_id)
+        except Exception:  # noqa: BLE001 - whatever failed the batch may fail this too
+            return {}
+        return {o.id: o for _, o in decided if o.status in ("loaded", "unchanged")}
 
     def drain(self) -> None:
         while self.inflight:
@@ -252,6 +271,8 @@ def _route_connector_logs() -> None:
     for handler in logging.getLogger("prefect.extra").handlers:
         if handler not in ours.handlers:
             ours.addHandler(handler)
+    # URL passwords and signatures masked, control characters escaped, in every line the run logs.
+    redact_handlers("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra", "assetferry")
     if ours.level == logging.NOTSET:
         ours.setLevel(logging.INFO)
 
@@ -310,6 +331,11 @@ def sync_assets(job: JobSpec, since: str | None = None, until: str | None = None
     window = _window_label(since, until)
     _tag_run([f"job:{job.name}", f"vendor:{vendor}", *([f"window:{window}"] if window else [])])
     connector = make_connector(job)  # resolves credentials: fails fast on a missing one
+    if shares_budget(job):  # before any batch: every process leases from this global limit
+        budget = ensure_budget(connector)
+        if budget:
+            get_run_logger().info("shared rate budget %s: blocks of %d at %.2f requests/s across all processes",
+                                  budget.name, budget.block, budget.rate)
     pipeline = Pipeline(job, connector, since=since, until=until, limit=limit)
     ledger = pipeline.ledger()
     summary.state = ledger.url
@@ -408,4 +434,32 @@ def sync_job(job_file: str, since: str | None = None, until: str | None = None,
     the YAML changes the next run without redeploying. Relative paths inside the job resolve
     against the job file's folder; ``env:`` references resolve in the worker's environment."""
     job = load_job(job_file)
+    if job.runner != "threads":  # a subflow whose batches run on the job's Dask cluster
+        return sync_flow(job)(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
     return sync_assets.fn(job, since=since, until=until, limit=limit, full_refresh=full_refresh)
+
+
+def task_runner(job: JobSpec) -> Any:
+    """The task runner for ``job.runner``: threads in this process, or prefect-dask's
+    ``DaskTaskRunner`` on a local cluster (``dask``: ``concurrency`` worker processes of one
+    thread, at least 2, capped at the CPU count unless it is lower than 2) or on an existing
+    scheduler (``dask://host:port``). Dask workers report task runs to the Prefect API in their
+    own process: they need a real server (not ephemeral mode), and for a remote cluster the job's
+    state, files and credentials must be reachable from the workers too."""
+    if job.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=32)
+    from prefect_dask import DaskTaskRunner
+
+    address = job.runner.removeprefix("dask").removeprefix("://")
+    if address:
+        return DaskTaskRunner(address=f"tcp://{address}")
+    import os
+
+    workers = max(1, min(job.concurrency, max(2, os.cpu_count() or 2)))
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def sync_flow(job: JobSpec) -> Any:
+    """``sync_assets`` with the task runner the job asks for."""
+    return sync_assets if job.runner == "threads" else sync_assets.with_options(task_runner=task_runner(job))

@@ -19,12 +19,23 @@ os.environ.update({
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # Each test's `run` keeps Prefect's ephemeral mode (nothing left running; the local-server
+    # tests opt in with their own PREFECT_HOME: tests/test_local_server.py, tests/test_dask.py).
+    "ASSETFERRY_PREFECT_SERVER": "ephemeral",
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_DEFAULT_REGION": "us-east-1",
 })
 os.environ.pop("PREFECT_API_URL", None)
+# Recognisable fake secrets, new each session: the suite's credentials where the code under test
+# reads them (moto's S3 key, the secrets scan's vendor key, password and URL signature). The scan in
+# tests/test_trust.py looks for every ASSETFERRY_TEST_SECRET_* value in everything a run produces.
+import uuid  # noqa: E402
+
+for _name in ("KONTENT_KEY", "AWS_SECRET", "URL_PASSWORD", "URL_SIGNATURE"):
+    os.environ.setdefault(f"ASSETFERRY_TEST_SECRET_{_name}", f"FAKEKEY-{uuid.uuid4()}")
+os.environ["AWS_SECRET_ACCESS_KEY"] = os.environ["ASSETFERRY_TEST_SECRET_AWS_SECRET"]
 
 import httpx  # noqa: E402
 
@@ -58,6 +69,22 @@ def kontent(kontent_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     httpx.post(f"{kontent_server}/_sandbox/limits", json={"per_second": 10, "per_minute": 400}).raise_for_status()
     monkeypatch.setenv("KONTENT_API_KEY", KONTENT_KEY)
     yield kontent_server
+
+
+@pytest.fixture(scope="session")
+def toy_server() -> Iterator[str]:
+    """The toy vendor's simulator (tests/toyvendor.py, batches of at most 10)."""
+    from tests import toyvendor
+
+    with running(toyvendor.create_app(max_batch=10)) as root:
+        yield root
+
+
+@pytest.fixture
+def toy(toy_server: str) -> str:
+    """A clean toy simulator; yields its root URL."""
+    httpx.post(f"{toy_server}/_sandbox/reset").raise_for_status()
+    return toy_server
 
 
 def free_port() -> int:

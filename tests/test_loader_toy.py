@@ -5,7 +5,6 @@ non-idempotent create made safe by intent + reconcile. Nothing here touches the 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,7 @@ from assetferry.connectors.core.ledger import Ledger, entry
 from assetferry.connectors.core.loader import Loader
 from assetferry.connectors.core.records import DuplicateTracker, canonicalize
 from assetferry.connectors.sources.base import RecordChunk
-from assetferry.sandbox.server import running
 from tests import kit, toyvendor
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with running(toyvendor.create_app(max_batch=10)) as root:
-        yield root
-
-
-@pytest.fixture
-def toy(server: str) -> str:
-    httpx.post(f"{server}/_sandbox/reset").raise_for_status()
-    return server
 
 
 def connector(root: str, **settings: Any) -> toyvendor.ToyConnector:
@@ -100,7 +86,7 @@ def test_a_spent_quota_leaves_the_rest_pending_and_is_not_an_error(toy: str, tmp
     httpx.post(f"{toy}/_sandbox/limits", json={"daily": 15}).raise_for_status()
     ledger = Ledger(str(tmp_path / "s"))
     rows = frame([f"n{i}" for i in range(30)], tmp_path)
-    result = load(connector(toy), rows, ledger)
+    result = load(connector(toy, inflight=1), rows, ledger)  # one unit at a time: an exact count
     assert result.counts == {"loaded": 10, "pending": 20}
     assert result.quota == "POST /items: daily limit reached" and result.resets_at == "2030-01-01T00:00:00+00:00"
     assert stats(toy)["by_route"] == {"create": 2}  # stopped at the first quota answer

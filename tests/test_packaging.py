@@ -62,6 +62,7 @@ def validator() -> jsonschema.Draft202012Validator:
     out = _cli("schema", cwd=ROOT)
     assert out.returncode == 0, out.stderr
     schema = json.loads(out.stdout)
+    assert schema == json.loads(json.dumps(job_schema())), "the command prints the generated schema"
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -161,7 +162,8 @@ def test_built_wheel_installs_beside_a_foreign_flows_package_and_runs_the_demo(t
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    # the user's defaults: no log level, no server mode forced by the test suite
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASSETFERRY_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PATH=f"{env_dir / 'bin'}:{env.get('PATH', '')}")
     probe = subprocess.run([python, "-c", "import assetferry, assetferry.flows.cli as c, flows, tasks, json; "
                             "print(json.dumps([assetferry.__file__, c.__file__, flows.FOREIGN, tasks.FOREIGN]))"],
@@ -182,6 +184,9 @@ def test_built_wheel_installs_beside_a_foreign_flows_package_and_runs_the_demo(t
     assert "36" in demo.stdout and "Traceback" not in demo.stderr
     # Outside a terminal: whole progress lines, and Prefect's start-up chatter only with -v.
     assert "36/36 rows" in demo.stderr
+    # and it leaves no Prefect server running behind it
+    assert not (tmp_path / "prefect-home" / "assetferry-server.json").exists()
+    assert "ephemeral" in demo.stdout
     assert "Starting temporary server" not in demo.stderr
     assert not any(p.name.startswith("assetferry-demo-") for p in Path(os.environ.get("TMPDIR", "/tmp")).iterdir()
                    if p.stat().st_mtime > work.stat().st_mtime), "the demo left its state folder behind"

@@ -42,7 +42,7 @@ def test_schema_constants() -> None:
 def test_good_frame_shape_defaults_and_pass_through() -> None:
     chunk = _csv_chunk(
         [
-            {"id": " a1 ", "file": "/data/photos/cat.JPG", "title": "  Cat ", "shelf": "B7"},
+            {"id": "a1", "file": "/data/photos/cat.JPG", "title": "  Cat ", "shelf": "B7"},
             {"id": "a2", "file": "https://cdn.example.com/docs/report.pdf?sig=abc#page=2", "title": "", "shelf": ""},
         ],
         source="s3://b/m.csv",
@@ -218,7 +218,9 @@ def test_duplicates_within_a_chunk_keep_the_first() -> None:
     good, rejects = _run(chunk)
     assert good["file"].tolist() == ["1.jpg", "2.jpg"]
     assert rejects["row"].tolist() == [3, 4]
-    assert rejects["reason"].tolist() == ["duplicate id 'x' (first seen at m.csv row 1)"] * 2
+    # ids are never trimmed: " x " is refused for its whitespace, not taken for "x"
+    assert rejects["reason"].tolist() == ["duplicate id 'x' (first seen at m.csv row 1)",
+                                          "id has leading or trailing whitespace: ' x '"]
 
 
 def test_duplicates_across_chunks_and_files_name_first_location() -> None:

@@ -268,8 +268,8 @@ def test_unknown_protocol_is_a_config_error() -> None:
 def test_unparsable_csv_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("id,file\na,a.jpg\nb,b.jpg,extra\n")
-    with pytest.raises(ConfigError, match=r"line 3") as info:
-        _collect(ManifestSource(str(path)))
+    with pytest.raises(ConfigError, match=r"line 3") as info:  # fatal only when asked (default: reject the row)
+        _collect(ManifestSource(str(path), on_bad_lines="fail"))
     assert str(path) in str(info.value)
 
 
@@ -277,7 +277,7 @@ def test_unparsable_jsonl_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": \n{"id": "d"}\n')
     with pytest.raises(ConfigError, match=r"line 3\b") as info:
-        _collect(ManifestSource(str(path)), chunk_rows=2)
+        _collect(ManifestSource(str(path), on_bad_lines="fail"), chunk_rows=2)
     assert str(path) in str(info.value)
 
 
@@ -285,7 +285,7 @@ def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a"}\n[1, 2]\n')
     with pytest.raises(ConfigError, match=r"line 2: expected a JSON object"):
-        _collect(ManifestSource(str(path)))
+        _collect(ManifestSource(str(path), on_bad_lines="fail"))
 
 
 @pytest.mark.parametrize(

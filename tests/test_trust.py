@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+import yaml
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -376,6 +377,7 @@ def _config_cases(tmp_path: Path) -> dict[str, tuple[Path, dict[str, str], str]]
     cases["missing credential"] = (job, {"KONTENT_API_KEY": ""}, "environment variable KONTENT_API_KEY is not set")
     (folder / "broken.jsonl").write_text('{"id": "a", "file": "files/a-0000.txt"}\n{"id": "b", "file": \n')
     data = kit.job_dict("broken.jsonl", "http://127.0.0.1:9", Path("state"))
+    data["source"]["on_bad_lines"] = "fail"  # by default a bad line only rejects its row
     cases["parse error"] = (kit.write_job(folder / "broken.yaml", data), {}, "line 2")
     data = kit.job_dict("nothing-*.csv", "http://127.0.0.1:9", Path("state"))
     cases["glob matches nothing"] = (kit.write_job(folder / "glob.yaml", data), {}, "no manifest matches")
@@ -383,6 +385,7 @@ def _config_cases(tmp_path: Path) -> dict[str, tuple[Path, dict[str, str], str]]
     cases["missing manifest"] = (kit.write_job(folder / "absent.yaml", data), {}, "manifest not found")
     (folder / "latin1.csv").write_bytes("id,title,file\nx,caf\xe9,files/a-0000.txt\n".encode("latin-1"))
     data = kit.job_dict("latin1.csv", "http://127.0.0.1:9", Path("state"))
+    data["source"]["on_bad_lines"] = "fail"
     cases["not utf-8"] = (kit.write_job(folder / "latin1.yaml", data), {}, "cannot parse csv manifest")
     return cases
 
@@ -488,40 +491,63 @@ def test_a_password_in_the_destination_url_is_refused_and_never_echoed(tmp_path:
 @pytest.mark.usefixtures("prefect_harness")
 def test_secrets_scan_no_key_in_logs_state_plan_output_parameters_or_artifacts(
         kontent: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run (loads, rejects, a 5xx retried, a 401 on a second job) with a recognisable key, then
-    every place a secret could end up is scanned for it."""
+    """A run (loads, rejects, a 5xx retried, a 401 on a second job) with the session's fake key
+    (``ASSETFERRY_TEST_SECRET_*``, tests/conftest.py), a manifest naming a presigned URL and a URL
+    with a password; then every place a secret could end up is scanned for every fake secret and
+    the sandbox key: log lines (captured and stored by Prefect), exception messages, CLI output,
+    the dry-run plan, the ledger and rejects files, flow-run parameters and artifacts."""
     import logging
 
     from prefect.client.orchestration import get_client
 
     from assetferry.flows.sync import sync_assets
+    from assetferry.sandbox.kontent import EnvConfig, create_app
 
     caplog.set_level(logging.DEBUG)
-    key = kit.KEY  # the sandbox accepts only this one: recognisable, and it must appear nowhere
+    fakes = {k: v for k, v in os.environ.items() if k.startswith("ASSETFERRY_TEST_SECRET_")}
+    assert len(fakes) >= 4 and all(v.startswith("FAKEKEY-") for v in fakes.values()), fakes
+    key = fakes["ASSETFERRY_TEST_SECRET_KONTENT_KEY"]
     bad_key = "FAKE-SECRET-KEY-7f3a9c1e5b"
+    secrets = [*fakes.values(), bad_key, kit.KEY]
     folder = tmp_path / "job"
-    rows = kit.make_rows(folder / "files", 4) + [{"id": "refused", "title": "t", "file": "/etc/passwd"}]
-    job_file = _job_file(folder, kontent, rows)
-    job = load_job(job_file)
-    httpx.post(f"{kontent}/_sandbox/faults", json={"status": 503, "count": 1, "when": "before",
-                                                    "route": "upsert"}).raise_for_status()
-    summary = sync_assets(job)
-    assert (summary["loaded"], summary["rejected"]) == (4, 1), summary
-    monkeypatch.setenv("KONTENT_API_KEY", bad_key)
-    with pytest.raises(ConfigError) as refused:
-        sync_assets(job.model_copy(update={"name": "refused-run"}))
-    outputs = [str(refused.value), caplog.text]
-    plan = tmp_path / "plan.jsonl"
-    for args in (["validate", str(job_file)], ["run", str(job_file), "--dry-run", "--plan", str(plan)],
-                 ["run", str(job_file), "--output", "json"]):
-        outputs.append(_cli(*args).output)
+    rows = kit.make_rows(folder / "files", 4) + [
+        {"id": "refused", "title": "t", "file": "/etc/passwd"},
+        {"id": "presigned", "title": "t", "file": "https://bucket.s3.amazonaws.com/a.png?X-Amz-Credential=AKIA%2F1"
+                                                  f"&X-Amz-Signature={fakes['ASSETFERRY_TEST_SECRET_URL_SIGNATURE']}"},
+        {"id": "password", "title": "t",
+         "file": f"https://reader:{fakes['ASSETFERRY_TEST_SECRET_URL_PASSWORD']}@files.example.com/a.png"}]
+    app_ = create_app(environments={kit.ENV: EnvConfig(key, ["default"])}, per_second=1000, per_minute=60000)
+    with running(app_) as root:
+        job_file = _job_file(folder, root, rows)
+        data = yaml.safe_load(job_file.read_text())
+        data["destination"]["credentials"]["api_key"] = "env:ASSETFERRY_TEST_SECRET_KONTENT_KEY"
+        job_file.write_text(yaml.safe_dump(data))
+        job = load_job(job_file)
+        httpx.post(f"{root}/_sandbox/faults", json={"status": 503, "count": 1, "when": "before",
+                                                     "route": "upsert"}).raise_for_status()
+        summary = sync_assets(job)
+        assert (summary["loaded"], summary["rejected"]) == (4, 3), summary
+        monkeypatch.setenv("ASSETFERRY_TEST_SECRET_KONTENT_KEY", bad_key)
+        with pytest.raises(ConfigError) as refused:
+            sync_assets(job.model_copy(update={"name": "refused-run"}))
+        monkeypatch.setenv("ASSETFERRY_TEST_SECRET_KONTENT_KEY", key)
+        outputs = [str(refused.value), caplog.text]
+        plan = tmp_path / "plan.jsonl"
+        for args in (["validate", str(job_file)], ["run", str(job_file), "--dry-run", "--plan", str(plan)],
+                     ["run", str(job_file), "--dry-run", "--output", "json"], ["status", str(job_file)],
+                     ["validate", str(job_file), "--output", "json"], ["run", str(job_file), "--output", "json"]):
+            outputs.append(_cli(*args).output)
     files = [p for p in (folder / "state").rglob("*") if p.is_file()] + [plan]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs()
-        outputs += [json.dumps(r.parameters, default=str) for r in runs]
+        outputs += [json.dumps(r.parameters, default=str) + str(r.state and r.state.message) for r in runs]
         outputs += [json.dumps(a.data, default=str) + str(a.description) for a in client.read_artifacts()]
-    assert len(files) >= 3 and len(runs) >= 2
-    for secret in (key, bad_key):
+        logs = client.read_logs()
+        outputs += [log.message for log in logs]
+    assert len(files) >= 4 and len(runs) >= 2 and logs
+    assert any(p.name == "rejects.csv" for p in files) and any(p.name == "plan.jsonl" for p in files)
+    assert "X-Amz-Signature=***" in next(p for p in files if p.name == "rejects.csv").read_text()
+    for secret in secrets:
         assert not [i for i, text in enumerate(outputs) if secret in text], secret
         assert not [p for p in files if secret.encode() in p.read_bytes()], secret
 

@@ -38,7 +38,9 @@ def resolve_paths(files: pd.Series, sources: pd.Series) -> pd.Series:
     relative = ~files.str.contains("://", regex=False, na=True) & ~files.str.startswith("/", na=True)
     if not relative.any():
         return files
-    folders = sources.astype("string").str.rsplit("/", n=1).str[0]
+    sources = sources.astype("string")
+    folder_of = {src: str(src).rsplit("/", 1)[0] for src in sources[relative].unique()}  # one per manifest
+    folders = sources.map(folder_of).astype("string")
     out = files.copy()
     out[relative] = folders[relative] + "/" + files[relative]
     return out
@@ -109,8 +111,17 @@ class AccessPolicy:
     @classmethod
     def build(cls, manifest_url: str, roots: list[str] | None = None,
               hosts: list[str] | None = None) -> AccessPolicy:
-        """The job's policy: ``roots`` (None: the manifest's own folder) made absolute and real."""
+        """The job's policy: ``roots`` (None: the manifest's own folder) made absolute and real.
+        Raises ConfigError when that default would be ``/`` (a manifest at the top of the disk
+        would allow every file): the job must then list ``source.allowed_roots``."""
         wanted = list(roots) if roots is not None else [static_folder(manifest_url)]
+        if roots is None and _split_url(wanted[0])[0] == "file" \
+                and os.path.realpath(_split_url(wanted[0])[1] or "/") == "/":
+            from assetferry.connectors.core.errors import ConfigError
+
+            raise ConfigError(f"source.url: the manifest {manifest_url} is in /, so its folder cannot be the "
+                              "default allowed root (it would allow every file on the machine): list the "
+                              "folders asset files may be read from in source.allowed_roots")
         out = []
         for root in wanted:
             protocol, rest = _split_url(root)
@@ -223,6 +234,27 @@ def _resolve(host: str) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
 
 
+def _unreachable(exc: BaseException | None) -> str | None:
+    """"connection refused", "host not found", "timed out", ... when ``exc`` (or its cause) is a
+    failure to reach a host rather than a missing file, else None."""
+    found = None
+    for _ in range(6):
+        if exc is None:
+            break
+        exc = getattr(exc, "os_error", None) or exc  # aiohttp's ClientConnectorError holds the OSError
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc, socket.gaierror):
+            return "host not found"
+        if isinstance(exc, TimeoutError):
+            return "timed out"
+        if type(exc).__name__ in ("ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError",
+                                  "ClientOSError", "ServerTimeoutError", "ConnectionTimeoutError"):
+            found = found or "connection failed"
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 class AccessDenied(PermissionError):
     """A file outside the job's allowed roots or hosts (see ``AccessPolicy``)."""
 
@@ -309,6 +341,8 @@ class FileStore:
         except FileNotFoundError as exc:
             if isinstance(exc.__cause__, AccessDenied):  # fsspec's http info wraps it
                 return FileInfo(None, "", str(exc.__cause__))
+            if _unreachable(exc.__cause__):  # fsspec's http info wraps a refused connection too
+                return FileInfo(None, "", f"cannot connect to the host ({_unreachable(exc.__cause__)})")
             return FileInfo(None, "", "file not found")
         except AccessDenied as exc:
             return FileInfo(None, "", str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import email.utils
 import logging
 import random
@@ -239,7 +240,9 @@ class VendorHTTP:
     keeps the redacted body: ``AuthError`` (stop the run), ``QuotaExhausted`` (stop, rest pending),
     ``RejectedError`` (reject the rows, never retried; ``rows`` when the vendor names them),
     ``TransientError`` (still failing after the policy's attempts). Messages and bodies pass
-    through ``redact`` so no secret value can reach a log or a file. One instance per batch.
+    through ``redact`` so no secret value can reach a log or a file. One instance per batch,
+    over the process's shared connection pool when built with a ``pool_key``; thread-safe (the
+    loader sends a batch's units from several threads).
     """
 
     def __init__(
@@ -256,15 +259,26 @@ class VendorHTTP:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pool_key: str | None = None,
     ) -> None:
-        self.client = httpx.Client(
-            base_url=base_url,
-            headers=dict(headers or {}),
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
-            follow_redirects=False,
-            verify=_ssl_context(),
-        )
+        def build() -> httpx.Client:
+            return httpx.Client(
+                base_url=base_url,
+                headers=dict(headers or {}),
+                timeout=httpx.Timeout(timeout, connect=10.0),
+                transport=transport,
+                follow_redirects=False,
+                verify=_ssl_context(),
+            )
+
+        # With a ``pool_key`` the connection pool is the process's shared one for that vendor
+        # budget (see ``shared_client``): ``close`` leaves it open for the next batch.
+        self._owns_client = pool_key is None
+        if pool_key is None:
+            self.client = build()
+        else:
+            key = f"{pool_key}|{base_url}|{timeout}|{id(transport) if transport is not None else ''}"
+            self.client = shared_client(key, build)
         self.auth = auth
         self.limiter: Limiter = limiter or SlidingWindowLimiter([])
         self.policy = policy
@@ -274,6 +288,7 @@ class VendorHTTP:
         self._sleep = sleep
         self.requests_sent = 0
         self.throttled = 0
+        self._counts = threading.Lock()  # the counters above, updated from several threads
 
     def redact(self, text: str) -> str:
         secrets = self._secrets + (self.auth.secrets() if self.auth else [])
@@ -320,6 +335,7 @@ class VendorHTTP:
             if isinstance(self.auth, TokenAuth):
                 self.auth.ensure(self.client)
             slot = self.limiter.acquire()
+            released = False
             body = None
             upload = None
             try:
@@ -336,8 +352,13 @@ class VendorHTTP:
                 except (UnicodeError, ValueError, TypeError) as exc:  # e.g. a non-ASCII header value
                     raise RejectedError(f"request cannot be built ({type(exc).__name__}): "
                                         f"{self.redact(str(exc))[:200]}") from None
-                self.requests_sent += 1
+                with self._counts:
+                    self.requests_sent += 1
                 response = self.client.send(request, auth=self.auth or httpx.USE_CLIENT_DEFAULT)
+                # the answer is back: release at once, so the limiter's round trip (its measure
+                # of how late a request was) does not include classifying it
+                self.limiter.release(slot)
+                released = True
             except _LOCAL_PROTOCOL_ERRORS as exc:
                 # Our side broke the request (a body longer or shorter than its Content-Length: a
                 # file still being written). Not the vendor's fault, and not retried at once.
@@ -381,7 +402,8 @@ class VendorHTTP:
                 hinted = verdict.retry_after if verdict.retry_after is not None else retry_after_seconds(response)
                 throttled = status == 429
                 if throttled:
-                    self.throttled += 1
+                    with self._counts:
+                        self.throttled += 1
                     wait = min(policy.max_wait, hinted if hinted is not None else policy.default_retry_after)
                     # Pause every thread sharing the vendor budget, not just this one; the next
                     # acquire() waits it out.
@@ -391,7 +413,8 @@ class VendorHTTP:
                     backoff *= 2
                 wait = min(wait, policy.max_wait)
             finally:
-                self.limiter.release(slot)
+                if not released:
+                    self.limiter.release(slot)
                 for stream in (body, upload):
                     _close(stream)
             if attempt < policy.attempts:
@@ -404,9 +427,12 @@ class VendorHTTP:
         raise TransientError(f"{method} {url}: {self.redact(last)} (after {policy.attempts} attempts)")
 
     def close(self) -> None:
-        """Close the connection pool. The auth (a session token) outlives it: a token is shared
-        by every batch of a run and released by the connector's finish step."""
-        self.client.close()
+        """Close the connection pool if this instance owns it; a shared pool (``pool_key``)
+        stays open for the next batch and is closed at process exit (``close_shared_clients``).
+        The auth (a session token) outlives it: a token is shared by every batch of a run and
+        released by the connector's finish step."""
+        if self._owns_client:
+            self.client.close()
 
     def __enter__(self) -> VendorHTTP:
         return self
@@ -415,16 +441,51 @@ class VendorHTTP:
         self.close()
 
 
+_CLIENTS: dict[str, httpx.Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(key: str, factory: Callable[[], httpx.Client]) -> httpx.Client:
+    """One pooled ``httpx.Client`` per vendor budget per process, like ``shared_auth`` and
+    ``ratelimit.shared_limiter``: a connector is rebuilt for every batch task, but its
+    connections (TCP, TLS sessions) are reused by every batch and every thread (``httpx.Client``
+    is thread-safe for sending). ``key`` names the vendor, URL, destination and credential
+    without containing a secret. An idle connection older than the pool's keep-alive expiry
+    (5 s) is dropped at the pool's next use instead of being reused; every client is closed at
+    process exit. A client found closed (``close_shared_clients``) is replaced."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None or client.is_closed:
+            client = _CLIENTS[key] = factory()
+        return client
+
+
+def close_shared_clients() -> None:
+    """Close every shared pool (process exit; tests). Not safe while a batch is sending."""
+    with _CLIENTS_LOCK:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for client in clients:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(close_shared_clients)
+
 _SSL: Any = None
+_SSL_LOCK = threading.Lock()
 
 
 def _ssl_context() -> Any:
     """One default SSL context per process: building one per client costs milliseconds of CPU
     (certificate store loading), which one client per batch multiplied."""
     global _SSL
-    if _SSL is None:
-        _SSL = httpx.create_ssl_context()
-    return _SSL
+    with _SSL_LOCK:
+        if _SSL is None:
+            _SSL = httpx.create_ssl_context()
+        return _SSL
 
 
 def _unsure(message: str, **kw: Any) -> TransientError:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from assetferry.connectors.core.credentials import REFERENCE, literal_secrets
 from assetferry.connectors.core.errors import ConfigError
@@ -28,6 +28,14 @@ class SourceSpec(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="rename source columns to canonical names"
     )
+    encoding: str | None = Field(
+        default=None, description="text encoding of CSV/JSON/JSONL manifests (utf-8, latin-1, cp1252...); "
+                                  "default UTF-8, a byte order mark dropped")
+    delimiter: str | None = Field(
+        default=None, min_length=1, max_length=1, description="CSV field delimiter; default ','")
+    on_bad_lines: Literal["reject", "fail"] = Field(
+        default="reject", description="a manifest line that cannot be parsed (ragged CSV row, broken JSONL "
+                                      "line, undecodable byte): reject that row and go on, or fail the run")
     allowed_roots: list[str] | None = Field(
         default=None,
         description="folders (local, relative = to the job file) and object-store prefixes "
@@ -39,6 +47,12 @@ class SourceSpec(BaseModel):
                     "(https://cdn.example.com/assets/) http(s) asset files may be fetched from; default: "
                     "none, no http(s) file is fetched. Names resolving to loopback, link-local or private "
                     "addresses are refused unless listed exactly")
+
+    @field_serializer("url", "allowed_hosts", when_used="json")
+    def _masked(self, value: Any) -> Any:
+        # The job is a flow parameter: Prefect stores its JSON form (and shows it in the UI).
+        # A presigned manifest URL's signature or a user:password@ never goes there.
+        return _mask(value)
 
     @field_validator("options")
     @classmethod
@@ -62,6 +76,10 @@ class DestinationSpec(BaseModel):
         default_factory=dict, description="env:NAME or secret:BLOCK_NAME references"
     )
     settings: dict[str, Any] = Field(default_factory=dict, description="vendor-specific settings")
+
+    @field_serializer("url", when_used="json")
+    def _masked(self, value: Any) -> Any:
+        return _mask(value)  # a token-like query parameter never reaches Prefect's database
 
     @field_validator("url")
     @classmethod
@@ -110,6 +128,14 @@ class JobSpec(BaseModel):
     retry_delay_seconds: float = Field(default=30.0, ge=0)
     lock_wait_seconds: float = Field(
         default=0.0, ge=0, description="how long a run waits for another run of this job to finish")
+    runner: str = Field(
+        default="threads", pattern=r"^(threads|dask(://[A-Za-z0-9._:\[\]-]+)?)$",
+        description="where batches run: threads (this process), dask (a local Dask cluster of `concurrency` "
+                    "workers) or dask://host:port (a Dask scheduler); Dask needs a Prefect server")
+    shared_budget: bool | None = Field(
+        default=None,
+        description="share the vendor's rate budget across every process and machine through a Prefect "
+                    "global concurrency limit (needs a Prefect server); default: on with the Dask runner")
 
     @field_validator("state")
     @classmethod
@@ -117,6 +143,16 @@ class JobSpec(BaseModel):
         if value.startswith(("/", "file://")):
             _refuse_system_state(value)
         return value
+
+
+def _mask(value: Any) -> Any:
+    from assetferry.connectors.core.redact import mask_secrets
+
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, list):
+        return [mask_secrets(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _refuse_system_state(path: str) -> None:
@@ -188,17 +224,70 @@ def load_job(path: str | Path) -> JobSpec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read job file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: the job file is not UTF-8 text (line {line}, byte {exc.start}: "
+                          f"0x{exc.object[exc.start]:02x}); save it as UTF-8") from None
     job = parse_job(_yaml(text, str(p)), where=str(p))
     return relative_to(job, p.resolve().parent)
 
 
+#: A job file is a few dozen nodes; anchors and aliases may repeat parts of it, but a document
+#: whose aliases expand past this many nodes (a "billion laughs" bomb) is refused unbuilt.
+MAX_YAML_NODES = 100_000
+
+
 def _yaml(text: str, where: str) -> Any:
+    """Parse a job file: safe types only, a duplicated key refused (YAML would keep the last one
+    silently), aliases expanding past ``MAX_YAML_NODES`` refused before anything is built."""
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_nodes(node, where)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{where}: not valid YAML{at}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not a job file: the YAML is nested too deeply") from None
+
+
+def _check_nodes(root: yaml.Node, where: str) -> None:
+    """Raise ConfigError for a duplicated mapping key or an alias expansion past MAX_YAML_NODES.
+    Each distinct node is visited once (memoised), so a bomb costs its size on disk, not its
+    expansion."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a recursive alias counts once
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen and key.value != "<<":
+                        raise ConfigError(f"{where}: key {key.value!r} appears twice (lines {seen[key.value]} and "
+                                          f"{key.start_mark.line + 1}); YAML would keep only the last one")
+                    seen[key.value] = key.start_mark.line + 1
+                total += size(key) + size(value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: not a job file: its YAML aliases expand to more than {MAX_YAML_NODES:,} "
+                              "values (an alias bomb?)")
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _is_local(url: str) -> bool:

@@ -236,9 +236,10 @@ class Ledger:
     time, not by file name). Writers never modify another writer's file, so several processes can
     write at once.
 
-    Durability: every journal line is written and flushed before the vendor call it precedes or
-    follows returns control, so SIGKILL loses at most the line being written (a torn last line is
-    ignored). On a local disk the journal is the file itself. Object stores cannot append: lines
+    Durability: a synchronous journal line (the default; always an ``intent``) is written and
+    flushed before the vendor call it precedes or follows returns control, so SIGKILL loses at
+    most the line being written (a torn last line is ignored); grouped lines (see
+    ``JournalWriter``) may lose their last group, only for idempotent work. On a local disk the journal is the file itself. Object stores cannot append: lines
     go to a local write-ahead file (``wal_root()``) that is shipped to the store when its batch
     ends and read back (shipped) by the next ``load`` on that machine if the run was killed.
     """
@@ -419,11 +420,22 @@ def _mtime(fs: Any, path: str, default: float) -> float:
     return modified.timestamp() if modified.tzinfo else modified.replace(tzinfo=timezone.utc).timestamp()
 
 
+#: Grouped journal lines (``record(sync=False)``) are written at the latest after this many
+#: lines or this many seconds, before the next synchronous line, at ``flush`` and at ``close``.
+GROUP_LINES = 64
+GROUP_SECONDS = 1.0
+
+
 class JournalWriter:
     """Appends ledger lines for one batch of one run; see ``Ledger`` for the durability contract.
 
-    Every line is flushed before ``record`` returns (locally, or to the write-ahead file of an
-    object-store ledger, shipped at ``close``). ``record`` is thread-safe for one writer per batch.
+    ``record(entry)`` (``sync=True``, the default) writes and flushes the line before it returns
+    (locally, or to the write-ahead file of an object-store ledger, shipped at ``close``), after
+    any grouped lines before it, so order is kept. ``record(entry, sync=False)`` may hold the
+    line back and write it with a group (``GROUP_LINES`` / ``GROUP_SECONDS``, the next
+    synchronous line, ``flush``, ``close``): one write + flush per group instead of per line,
+    for lines whose loss only means redoing idempotent work. Never group an ``intent``.
+    Thread-safe for one writer per batch.
     """
 
     def __init__(self, ledger: Ledger, path: str) -> None:
@@ -431,6 +443,8 @@ class JournalWriter:
         self.path = path
         self.written = 0
         self._lock = threading.Lock()
+        self._held: list[str] = []  # grouped lines not yet written
+        self._held_since = 0.0
         if ledger.local:
             ledger.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self._local: Path | None = None
@@ -441,16 +455,37 @@ class JournalWriter:
             self._file = open(self._local, "a", encoding="utf-8")  # noqa: SIM115
             fcntl.flock(self._file, fcntl.LOCK_EX)  # recover() leaves a live writer's file alone
 
-    def record(self, entry: LedgerEntry) -> None:
+    def record(self, entry: LedgerEntry, *, sync: bool = True) -> None:
         line = entry.to_json() + "\n"
         with self._lock:
+            self.written += 1
+            if not sync:
+                if not self._held:
+                    self._held_since = time.monotonic()
+                self._held.append(line)
+                if len(self._held) < GROUP_LINES and time.monotonic() - self._held_since < GROUP_SECONDS:
+                    return
+                line = ""
+            self._write_locked(line)
+
+    def _write_locked(self, line: str = "") -> None:
+        if self._held:
+            line = "".join(self._held) + line
+            self._held.clear()
+        if line:
             self._file.write(line)
             self._file.flush()
-            self.written += 1
+
+    def flush(self) -> None:
+        """Write the grouped lines now."""
+        with self._lock:
+            if self._file is not None:
+                self._write_locked()
 
     def close(self) -> None:
         if self._file is None:
             return
+        self.flush()
         if self._local is not None:
             self._file.flush()
             if self.written or self._local.stat().st_size:
@@ -525,6 +560,10 @@ class RejectsWriter:
             self._file = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
         target = self._file if self._file is not None else self._remote_buffer
         frame = neutralise_formulas(frame, [c for c in self.columns if c in frame.columns])
+        from assetferry.connectors.core.redact import mask_frame_text
+
+        # URL passwords and signatures (a presigned file URL in ``record``) never reach the file
+        frame = mask_frame_text(frame, [c for c in ("source", "id", "field", "reason", "record") if c in frame.columns])
         frame.to_csv(target, columns=self.columns, header=self.count == 0, index=False, quoting=csv.QUOTE_MINIMAL)
         if len(self.sample) < SAMPLE_ROWS:
             keep = [c for c in ("source", "row", "id", "field", "reason") if c in frame.columns]

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 
@@ -25,10 +26,25 @@ class RecordChunk:
     frame: pd.DataFrame
     source: str
     first_row: int
+    rows: np.ndarray | None = None
+    rejects: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.first_row < 1:
             raise ValueError(f"first_row is 1-based, got {self.first_row}")
+        if self.rows is not None and len(self.rows) != len(self.frame):
+            raise ValueError("rows must give one number per row of frame")
+
+    def row_numbers(self) -> np.ndarray:
+        """The 1-based row number of each row of ``frame`` (int64)."""
+        if self.rows is not None:
+            return np.asarray(self.rows, dtype=np.int64)
+        return np.arange(self.first_row, self.first_row + len(self.frame), dtype=np.int64)
+
+    @property
+    def rows_read(self) -> int:
+        """Rows of the source this chunk stands for: parsed plus rejected while parsing."""
+        return len(self.frame) + (len(self.rejects) if self.rejects is not None else 0)
 
 
 @runtime_checkable

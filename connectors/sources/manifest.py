@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
 import io
 import json
 import posixpath
+import re
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.sources.base import RecordChunk
 from fsspec import AbstractFileSystem
 from fsspec.core import has_magic, url_to_fs
 from fsspec.utils import infer_compression
-
-from assetferry.connectors.core.errors import ConfigError
-from assetferry.connectors.sources.base import RecordChunk
 
 FORMATS = ("csv", "json", "jsonl", "parquet")
 EXTENSIONS = {
@@ -66,10 +70,20 @@ class ManifestSource:
     Memory stays flat as the manifest grows for CSV, JSONL and Parquet (one chunk plus read
     buffers). JSON, a single document, is parsed whole: use JSONL for large manifests.
 
+    One bad row never refuses the manifest: a CSV line with too many or too few fields, bad
+    quoting or an undecodable byte, or a JSONL line that is not a JSON object, is given to the
+    caller in ``RecordChunk.rejects`` (file, row, a reason naming the line) and the rest goes on;
+    ``on_bad_lines="fail"`` makes the first one a ``ConfigError`` instead. ``encoding`` (default
+    UTF-8, a byte order mark dropped) and ``delimiter`` (CSV, default ``,``) say how to read the
+    text; CRLF line ends are fine. Values are kept exactly as written (quoted values unquoted per
+    RFC 4180, nothing trimmed).
+
     Every problem with the manifest itself raises ``ConfigError``: nothing matches, the file is
-    missing or not parsable, the format is unknown, renaming produces duplicate columns. A
-    parse error can surface after earlier chunks have been yielded. A file with a header and no
-    rows (or no bytes at all) yields nothing.
+    missing or not parsable as a whole (a corrupt Parquet or gzip file, a JSON document with an
+    error, a quote never closed), the format is unknown, the CSV header repeats a name, renaming
+    produces duplicate columns. A parse error can surface after earlier chunks have been
+    yielded. A file with a header and no rows (or no bytes at all) yields nothing and is listed
+    in ``empty_files``.
     """
 
     def __init__(
@@ -78,6 +92,10 @@ class ManifestSource:
         format: str | None = None,
         options: dict[str, Any] | None = None,
         columns: dict[str, str] | None = None,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
+        on_bad_lines: str = "reject",
     ) -> None:
         if not url or not url.strip():
             raise ConfigError("manifest url is empty")
@@ -85,6 +103,15 @@ class ManifestSource:
         self.format = _check_format(format) if format is not None else None
         self._options = dict(options or {})
         self._columns = dict(columns or {})
+        if on_bad_lines not in ("reject", "fail"):
+            raise ConfigError(f"on_bad_lines must be reject or fail, got {on_bad_lines!r}")
+        self.on_bad_lines = on_bad_lines
+        ids = [k for k, v in self._columns.items() if v == "id"]
+        self._read = _Options(encoding=_check_encoding(encoding), delimiter=_check_delimiter(delimiter),
+                              id_column=ids[0] if ids else "id", label=encoding or "UTF-8")
+        #: Files read so far that held no row at all (0 bytes, a header only, ``[]``): the
+        #: pipeline reports them as warnings.
+        self.empty_files: list[str] = []
 
     def __repr__(self) -> str:
         return f"ManifestSource({self.describe()})"
@@ -96,6 +123,10 @@ class ManifestSource:
             parts.append("columns " + ", ".join(f"{k}->{v}" for k, v in self._columns.items()))
         if self._options:
             parts.append("storage options " + ", ".join(sorted(self._options)))
+        if self._read.label != "UTF-8" or self._read.delimiter != ",":
+            parts.append(f"encoding {self._read.label}, delimiter {self._read.delimiter!r}")
+        if self.on_bad_lines != "reject":
+            parts.append(f"bad lines {self.on_bad_lines}")
         return f"manifest {display_url(self.url)} ({'; '.join(parts)})"
 
     def files(self) -> list[str]:
@@ -163,20 +194,27 @@ class ManifestSource:
         except PermissionError as exc:
             raise ConfigError(f"access denied to manifest {source}") from exc
         with handle:
-            frames = _READERS[fmt](handle, chunk_rows)
-            row = 1
+            parts = _READERS[fmt](handle, chunk_rows, self._read)
+            seen = 0
             while True:
                 try:
-                    frame = next(frames)
+                    frame, numbers, bad = next(parts)
                 except StopIteration:
-                    return
+                    break
                 except _PARSE_ERRORS as exc:
                     raise ConfigError(f"cannot parse {fmt} manifest {source}: {exc}") from exc
-                if len(frame) == 0:
+                if bad and self.on_bad_lines == "fail":
+                    raise ConfigError(f"cannot parse {fmt} manifest {source}: {bad[0].reason} "
+                                      "(source.on_bad_lines: reject keeps the other rows)")
+                if len(frame) == 0 and not bad:
                     continue
+                seen += len(frame) + len(bad)
                 frame = self._rename(frame, source).reset_index(drop=True)
-                yield RecordChunk(frame=frame, source=source, first_row=row)
-                row += len(frame)
+                first = int(numbers[0]) if len(numbers) else bad[0].row
+                yield RecordChunk(frame=frame, source=source, first_row=min(first, bad[0].row) if bad else first,
+                                  rows=numbers, rejects=_bad_frame(bad, source) if bad else None)
+            if not seen:
+                self.empty_files.append(source)
 
     def _format_of(self, path: str, source: str) -> tuple[str, str | None]:
         """(format, fsspec compression) for one file, from ``format`` or the file's extension."""
@@ -207,6 +245,39 @@ class ManifestSource:
         return frame
 
 
+def _check_encoding(encoding: str | None) -> str:
+    """A codec name; UTF-8 reads through ``utf-8-sig`` so that a byte order mark is dropped."""
+    name = (encoding or "utf-8").strip()
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ConfigError(f"unknown source.encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    return "utf-8-sig" if info.name == "utf-8" else info.name
+
+
+def _check_delimiter(delimiter: str | None) -> str:
+    sep = "," if delimiter is None else delimiter
+    if len(sep) != 1 or sep in ('"', "\n", "\r"):
+        raise ConfigError(f"source.delimiter must be one character other than a quote or a newline, got {delimiter!r}")
+    return sep
+
+
+def _bad_frame(bad: list[_Bad], source: str) -> pd.DataFrame:
+    """Rows rejected while parsing, in ``REJECT_COLUMNS`` (``record``: the line number and text)."""
+    from assetferry.connectors.core.records import REJECT_COLUMNS, STRING_DTYPE
+
+    frame = pd.DataFrame({
+        "source": pd.Series([source] * len(bad), dtype=STRING_DTYPE),
+        "row": pd.Series([b.row for b in bad], dtype=np.int64),
+        "id": pd.Series([b.id for b in bad], dtype=STRING_DTYPE),
+        "field": pd.Series([b.field for b in bad], dtype=STRING_DTYPE),
+        "reason": pd.Series([b.reason for b in bad], dtype=STRING_DTYPE),
+        "record": pd.Series([json.dumps({"line": b.line, "text": b.text}, ensure_ascii=False) for b in bad],
+                            dtype=STRING_DTYPE),
+    })
+    return frame[list(REJECT_COLUMNS)]
+
+
 def _check_format(format: str) -> str:
     fmt = format.strip().lower()
     if fmt not in FORMATS:
@@ -219,62 +290,269 @@ def _is_http(fs: AbstractFileSystem) -> bool:
     return bool(_HTTP.intersection(protocols))
 
 
-def _csv_frames(handle: IO[bytes], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """All values as strings; an empty cell is ``""``; a zero-byte file yields nothing."""
+@dataclass(frozen=True)
+class _Options:
+    """How to read one manifest's text (see ``ManifestSource``)."""
+
+    encoding: str = "utf-8-sig"  # the codec
+    delimiter: str = ","
+    label: str = "UTF-8"  # the encoding as the user named it
+    id_column: str = "id"  # the source column that becomes ``id`` (for the id of a bad row)
+
+
+@dataclass(frozen=True)
+class _Bad:
+    """One row that could not be parsed: its row and line numbers, the column at fault (if one)
+    and why; ``text`` is the raw line(s), for the rejects file."""
+
+    row: int
+    line: int
+    reason: str
+    field: str | None = None
+    id: str | None = None
+    text: str = ""
+
+
+#: One parsed piece of a file: good rows, their row numbers, and the rows that failed.
+_Part = tuple[pd.DataFrame, np.ndarray, list[_Bad]]
+
+_SURROGATE = re.compile("[\udc80-\udcff]")  # an undecodable byte, kept by ``surrogateescape``
+_BLOCK = 1 << 20  # bytes read at a time
+_MAX_RECORD = 16 << 20  # characters of one record (an unclosed quote swallows the rest)
+
+
+def _has_undecodable(text: str) -> bool:
+    """True when ``text`` holds a byte its encoding could not decode (a lone surrogate); an
+    encode is one C pass, much faster than a regex search."""
     try:
-        reader = pd.read_csv(handle, chunksize=chunk_rows, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        return
-    with reader:
-        yield from reader
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
-def _jsonl_frames(handle: IO[bytes], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _undecodable(text: str, encoding: str) -> str:
+    byte = ord(_SURROGATE.search(text).group()) - 0xDC00  # type: ignore[union-attr]
+    return (f"not valid {encoding}: byte 0x{byte:02X} cannot be decoded (set source.encoding, "
+            "e.g. latin-1 or cp1252)")
+
+
+def _printable(text: str, limit: int = 1000) -> str:
+    """Raw text made safe to store: undecodable bytes become U+FFFD; at most ``limit`` characters."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:limit]
+
+
+def _record_boundary(text: str) -> int:
+    """The index just after the last newline outside quotes (0: none), for cutting a block of CSV
+    text at a record boundary: a newline is outside quotes when the quotes before it are even."""
+    pos = text.rfind("\n")
+    if '"' not in text:
+        return pos + 1
+    while pos >= 0:
+        if text.count('"', 0, pos) % 2 == 0:
+            return pos + 1
+        pos = text.rfind("\n", 0, pos)
+    return 0
+
+
+def _text_blocks(handle: IO[bytes], encoding: str, boundary: Any) -> Iterator[tuple[str, int]]:
+    """(text, first line number) blocks of whole records, decoded with undecodable bytes kept as
+    lone surrogates (``surrogateescape``) so one bad byte costs one row, not the file."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+    carry, line, eof = "", 1, False
+    while not eof:
+        raw = handle.read(_BLOCK)
+        eof = not raw
+        text = carry + decoder.decode(raw, final=eof)
+        cut = len(text) if eof else boundary(text)
+        if cut <= 0:
+            if len(text) > _MAX_RECORD:
+                raise ValueError(f"line {line}: a quoted field is not closed within "
+                                 f"{_MAX_RECORD >> 20} MB (a missing closing quote?)")
+            carry = text
+            continue
+        block, carry = text[:cut], text[cut:]
+        if block:
+            yield block, line
+        line += block.count("\n")
+
+
+def _csv_parts(handle: IO[bytes], chunk_rows: int, opts: _Options) -> Iterator[_Part]:
+    """All values as strings; an empty cell is ``""``; a zero-byte file yields nothing.
+
+    The header is read exactly (a duplicated name is an error naming it). Each block of whole
+    records is parsed by pandas' C parser when it is clean; a block with a ragged row, an
+    undecodable byte or a stray quote is read again record by record with the ``csv`` module
+    (strict quoting), so each bad record is rejected with its line and the others kept.
+    """
+    sep = opts.delimiter
+    # a quote neither opening nor closing a field nor doubled (starts with the literal: fast scan)
+    stray_quote = re.compile(f'"(?<=[^{re.escape(sep)}\\n"]")(?=[^{re.escape(sep)}\\r\\n"])')
+    names: list[str] | None = None
+    row = 1
+    for block, line in _text_blocks(handle, opts.encoding, _record_boundary):
+        if names is None:
+            names, used = _csv_header(block, sep, opts.label, line)
+            if names is None:
+                continue  # only blank lines so far
+            cut = 0
+            for _ in range(used):
+                cut = block.index("\n", cut) + 1 if "\n" in block[cut:] else len(block)
+            block, line = block[cut:], line + used
+        if not block.strip():
+            continue
+        frame = None
+        if not _has_undecodable(block) and not ('"' in block and stray_quote.search(block)):
+            try:
+                frame = pd.read_csv(io.StringIO(block), header=None, dtype=str, keep_default_na=False,
+                                    sep=sep, engine="c", skip_blank_lines=True)
+            except (ValueError, pd.errors.ParserError):
+                frame = None
+            # pandas fills a short row's missing fields with "": a row can only be short (a long
+            # one fails above), so the delimiters outside quotes must be exactly (columns - 1) per row
+            if frame is not None and (frame.shape[1] != len(names) or frame.isna().to_numpy().any()
+                                      or _delimiters(block, sep) != (len(names) - 1) * len(frame)):
+                frame = None
+        if frame is not None:
+            frame.columns = names
+            numbers = np.arange(row, row + len(frame), dtype=np.int64)
+            row += len(frame)
+            bad: list[_Bad] = []
+        else:
+            frame, numbers, bad, row = _csv_records(block, line, row, names, sep, opts)
+        for start in range(0, max(len(frame), 1), chunk_rows):
+            yield (frame.iloc[start:start + chunk_rows].reset_index(drop=True), numbers[start:start + chunk_rows],
+                   bad if start == 0 else [])
+
+
+def _delimiters(block: str, sep: str) -> int:
+    """Delimiters outside quoted values (the block holds whole records: its quotes pair up)."""
+    if '"' not in block:
+        return block.count(sep)
+    return "".join(block.split('"')[0::2]).count(sep)
+
+
+def _csv_header(block: str, sep: str, label: str, line: int) -> tuple[list[str] | None, int]:
+    """(column names, lines used) from the first non-blank record of ``block``."""
+    reader = csv.reader(io.StringIO(block, newline=""), delimiter=sep, strict=True)
+    for record in reader:
+        if not record:
+            continue
+        if _SURROGATE.search("".join(record)):
+            raise ValueError(f"line {line + reader.line_num - 1}: header {_undecodable(''.join(record), label)}")
+        names = [name if name != "" else f"Unnamed: {i}" for i, name in enumerate(record)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"line {line + reader.line_num - 1}: duplicate column(s) in the header: "
+                             + ", ".join(repeated))
+        return names, reader.line_num
+    return None, 0
+
+
+def _csv_records(block: str, line: int, row: int, names: list[str], sep: str,
+                 opts: _Options) -> tuple[pd.DataFrame, np.ndarray, list[_Bad], int]:
+    """The slow path: one record at a time with the ``csv`` module; bad records become ``_Bad``."""
+    lines = block.split("\n")
+    reader = csv.reader(io.StringIO(block, newline=""), delimiter=sep, strict=True)
+    id_at = names.index(opts.id_column) if opts.id_column in names else None
+    good: list[list[str]] = []
+    numbers: list[int] = []
+    bad: list[_Bad] = []
+    done = 0  # lines consumed so far
+    while True:
+        try:
+            record = next(reader)
+            problem = None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            record, problem = None, f"malformed quoting ({exc})"
+        first, done = done, reader.line_num
+        if record == []:
+            continue  # a blank line is not a row
+        where = line + first
+        text = "\n".join(lines[first:done]).rstrip("\r")
+        rid = record[id_at] if record is not None and id_at is not None and id_at < len(record) else None
+        field = None
+        if problem is None and record is not None:
+            joined = sep.join(record)
+            if _SURROGATE.search(joined):
+                field = next(n for n, v in zip([*names, *[None] * len(record)], record) if _SURROGATE.search(v))
+                problem = _undecodable(joined, opts.label)
+            elif len(record) != len(names):
+                problem = f"expected {len(names)} fields, found {len(record)}"
+        if problem is not None:
+            shown = None if rid is None or _SURROGATE.search(rid) else rid
+            bad.append(_Bad(row, where, f"line {where}: {problem}", field, shown, _printable(text)))
+        else:
+            good.append(record)  # type: ignore[arg-type]
+            numbers.append(row)
+        row += 1
+    frame = pd.DataFrame(good, columns=names, dtype=str) if good else pd.DataFrame(
+        {n: pd.Series([], dtype=str) for n in names})
+    return frame, np.asarray(numbers, dtype=np.int64), bad, row
+
+
+def _jsonl_parts(handle: IO[bytes], chunk_rows: int, opts: _Options) -> Iterator[_Part]:
     """One object per line, blank lines skipped; values keep their JSON types (object columns).
 
     Parsed with the standard ``json`` module rather than ``pd.read_json`` so that large
-    integer ids keep every digit and an error names its line.
+    integer ids keep every digit and an error names its line. A line that is not a JSON
+    object, or holds an undecodable byte, is a bad row; the others are kept.
     """
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig")
+    text = io.TextIOWrapper(handle, encoding=opts.encoding, errors="surrogateescape", newline="")
     line_no = 0
+    row = 1
     while lines := list(islice(text, chunk_rows)):
         first_line, line_no = line_no + 1, line_no + len(lines)
-        body = list(filter(str.strip, lines))
+        body = [(n, ln) for n, ln in enumerate(lines, first_line) if ln.strip()]
         if not body:
             continue
-        try:
-            records = json.loads("[" + ",".join(body) + "]")
-        except ValueError:
-            records = None
-        if records is None or len(records) != len(body) or not _all_objects(records):
-            raise ValueError(_jsonl_problem(lines, first_line))
-        yield pd.DataFrame(records, dtype=object)
+        numbers = np.arange(row, row + len(body), dtype=np.int64)
+        row += len(body)
+        records = None
+        joined = ",".join(ln for _, ln in body)
+        if not _has_undecodable(joined):
+            try:
+                records = json.loads("[" + joined + "]")
+            except ValueError:
+                records = None
+        if records is not None and len(records) == len(body) and _all_objects(records):
+            yield pd.DataFrame(records, dtype=object), numbers, []
+            continue
+        good, keep, bad = [], [], []
+        for (number, ln), r in zip(body, numbers.tolist()):
+            problem, value = None, None
+            if _SURROGATE.search(ln):
+                problem = _undecodable(ln, opts.label)
+            else:
+                try:
+                    value = json.loads(ln)
+                except json.JSONDecodeError as exc:
+                    problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                else:
+                    if not isinstance(value, dict):
+                        problem = f"expected a JSON object, got {type(value).__name__}"
+            if problem is None:
+                good.append(value)
+                keep.append(r)
+            else:
+                bad.append(_Bad(r, number, f"line {number}: {problem}", text=_printable(ln.rstrip("\r\n"))))
+        frame = pd.DataFrame(good, dtype=object) if good else pd.DataFrame()
+        yield frame, np.asarray(keep, dtype=np.int64), bad
 
 
 def _all_objects(records: list[Any]) -> bool:
     return set(map(type, records)) <= {dict}
 
 
-def _jsonl_problem(lines: list[str], first_line: int) -> str:
-    """Find the first bad line of a chunk that failed to parse (cold path: one line at a time)."""
-    for number, line in enumerate(lines, first_line):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            return f"line {number}: {exc}"
-        if not isinstance(value, dict):
-            return f"line {number}: expected a JSON object, got {type(value).__name__}"
-    return f"lines {first_line}-{first_line + len(lines) - 1}: invalid JSON lines"
-
-
-def _json_frames(handle: IO[bytes], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _json_parts(handle: IO[bytes], chunk_rows: int, opts: _Options) -> Iterator[_Part]:
     """A top-level array of objects, or an object with exactly one array member ({"assets": [...]}).
 
     The whole document is parsed in memory (JSON cannot be streamed); then sliced into chunks.
+    One bad value makes the whole document unreadable: an error names its line and column.
     """
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig").read()
+    text = io.TextIOWrapper(handle, encoding=opts.encoding).read()
     if not text.strip():
         return
     data = json.loads(text)
@@ -293,19 +571,22 @@ def _json_frames(handle: IO[bytes], chunk_rows: int) -> Iterator[pd.DataFrame]:
         index = next(i for i, item in enumerate(data) if not isinstance(item, dict))
         raise ValueError(f"array item {index} is {type(data[index]).__name__}, not an object")
     for start in range(0, len(data), chunk_rows):
-        yield pd.DataFrame(data[start : start + chunk_rows], dtype=object)
+        part = data[start : start + chunk_rows]
+        yield pd.DataFrame(part, dtype=object), np.arange(start + 1, start + 1 + len(part), dtype=np.int64), []
 
 
-def _parquet_frames(handle: IO[bytes], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_parts(handle: IO[bytes], chunk_rows: int, opts: _Options) -> Iterator[_Part]:
     """Record batches of ``chunk_rows`` rows; pyarrow reads only the row groups it needs."""
     parquet = pq.ParquetFile(handle)
+    row = 1
     for batch in parquet.iter_batches(batch_size=chunk_rows):
-        yield batch.to_pandas()
+        yield batch.to_pandas(), np.arange(row, row + batch.num_rows, dtype=np.int64), []
+        row += batch.num_rows
 
 
-_READERS: dict[str, Callable[[IO[bytes], int], Iterator[pd.DataFrame]]] = {
-    "csv": _csv_frames,
-    "json": _json_frames,
-    "jsonl": _jsonl_frames,
-    "parquet": _parquet_frames,
+_READERS: dict[str, Callable[[IO[bytes], int, _Options], Iterator[_Part]]] = {
+    "csv": _csv_parts,
+    "json": _json_parts,
+    "jsonl": _jsonl_parts,
+    "parquet": _parquet_parts,
 }

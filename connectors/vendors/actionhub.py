@@ -58,7 +58,9 @@ from pydantic import Field, model_validator
 from assetferry.connectors.core.errors import RejectedError, TransientError
 from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
 from assetferry.connectors.core.records import RowProblems, rejects_frame
-from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec
+from assetferry.connectors.vendors.base import (
+    BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec, text_checks,
+)
 
 log = logging.getLogger("assetferry.actionhub")
 
@@ -76,6 +78,8 @@ _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 class ActionHubSettings(RateSettings):
     """``destination.settings`` for ``vendor: actionhub``."""
 
+    max_title_chars: int = Field(default=MAX_NAME, ge=1, le=MAX_NAME,
+                                 description="longest asset_name accepted (ActionHub's schema: maxLength 124)")
     program_id: str | None = Field(default=None, min_length=1,
                                    description="program for rows without a parent")
     programs: list[str] | None = Field(
@@ -232,6 +236,7 @@ class ActionHubConnector(BaseConnector):
             checks.flag(too_long, "title", "title is " + title.str.len().astype("string")
                  + f" characters; ActionHub accepts at most {MAX_NAME} (asset_name; "
                  "or set truncate_names: true)")
+        text_checks(out, s, "ActionHub", checks, title=title)  # characters, and the other fields' lengths
         bad = checks.bad
         rejects = rejects_frame(out[bad], field=checks.field[bad], reason=checks.reason[bad])
         good = out[~bad].reset_index(drop=True)

@@ -97,7 +97,7 @@ from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorA
 from assetferry.connectors.core.ledger import INTENT, Ledger, LedgerEntry, entry
 from assetferry.connectors.core.records import RowProblems, rejects_frame
 from assetferry.connectors.vendors.base import (
-    BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec,
+    BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, UnitRule, VendorSpec, text_checks,
 )
 
 log = logging.getLogger("assetferry.esploro")
@@ -321,6 +321,7 @@ class EsploroConnector(BaseConnector):
         out["_title"] = out["title"].astype("string").fillna(out["file_name"].astype("string"))
         out["_type"] = file_type
         out["_supplemental"] = supplemental.map({True: "true", False: "false"})
+        text_checks(out, s, "Esploro", checks, title=out["_title"])  # link.title as sent
         bad = checks.bad
         good = out[~bad].reset_index(drop=True)
         rejects = (rejects_frame(out[bad], field=checks.field[bad], reason=checks.reason[bad]) if bad.any()
@@ -330,7 +331,7 @@ class EsploroConnector(BaseConnector):
     def check(self, row: dict[str, Any], info: FileInfo) -> tuple[str | None, str] | None:
         if self.max_bytes is not None and info.size is not None and info.size > self.max_bytes:
             return "file", f"file is {info.size / MB:.1f} MB; max_file_mb is {self.settings.max_file_mb:g}"
-        return None
+        return self.empty_file(info, row)
 
     def content(self, row: dict[str, Any]) -> Any:
         """What defines "changed": the parent, the link's fields without its URL (a presigned URL

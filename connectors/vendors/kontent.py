@@ -80,13 +80,14 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from assetferry.connectors.core.errors import ConfigError, RejectedError, TransientError
 from assetferry.connectors.core.files import FileInfo
 from assetferry.connectors.core.http import Action, HeaderAuth, VendorAuth, VendorHTTP, Verdict
-from assetferry.connectors.core.records import rejects_frame
+from assetferry.connectors.core.records import RowProblems, rejects_frame
 from assetferry.connectors.vendors.base import (
     BaseConnector,
     Checkpoint,
@@ -96,6 +97,8 @@ from assetferry.connectors.vendors.base import (
     Row,
     Unit,
     VendorSpec,
+    EMPTY_FILES,
+    text_checks,
 )
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -443,7 +446,12 @@ class KontentConnector(BaseConnector):
                 out[unknown], field="language",
                 reason="language '" + lang[unknown] + "' is not one of the environment's languages ("
                 + ", ".join(sorted(allowed or [])) + ")"))
-        good = out[~(bad_format | unknown)].reset_index(drop=True)
+        text = RowProblems(out.index)  # lengths and characters (base.text_checks)
+        text_checks(out, s, "Kontent.ai", text)
+        wrong_text = text.bad & ~bad_format & ~unknown
+        if wrong_text.any():
+            rejects.append(rejects_frame(out[wrong_text], field=text.field[wrong_text], reason=text.reason[wrong_text]))
+        good = out[~(bad_format | unknown | text.bad)].reset_index(drop=True)
         if self.catalogue is not None and len(good):
             fields, reasons = [], []
             for data in good.to_dict("records"):
@@ -468,7 +476,7 @@ class KontentConnector(BaseConnector):
         if info.size > self.max_bytes:
             return "file", (f"file is {info.size / MB:.1f} MB; Kontent accepts at most "
                             f"{self.settings.max_file_mb:g} MB (MiB)")
-        return None
+        return self.empty_file(info, row)
 
     def content(self, row: dict[str, Any]) -> Any:
         """What defines "changed": the metadata as written in the manifest (not the ids it
@@ -481,6 +489,50 @@ class KontentConnector(BaseConnector):
         if s.tags_element:
             data["tags"] = _tags(row.get("tags"))
         return data
+
+    # -- vectorised twins of check / content / plan's action (``connectors.core.decide``) ----------
+    def check_frame(self, frame: pd.DataFrame, size: pd.Series) -> tuple[pd.Series, pd.Series]:
+        """``check`` over a frame: (field, reason) per row, NA where the row is fine."""
+        reason = pd.Series(pd.NA, index=frame.index, dtype=object)
+        unknown = size.isna().to_numpy(dtype=bool)
+        reason[unknown] = "the file's size is unknown (the source does not tell it); Kontent needs Content-Length"
+        big = (size > self.max_bytes).fillna(False).to_numpy(dtype=bool)
+        if big.any():
+            reason[big] = [f"file is {b / MB:.1f} MB; Kontent accepts at most {self.settings.max_file_mb:g} MB (MiB)"
+                           for b in size[big].tolist()]
+        empty = (size == 0).fillna(False).to_numpy(dtype=bool)
+        if empty.any():  # as ``empty_file``: rejected when the job says so, else counted
+            if self.settings.reject_empty_files:
+                reason[empty] = "file is empty (0 bytes; destination.settings.reject_empty_files is on)"
+            else:
+                self.notes[EMPTY_FILES] += int(empty.sum())
+        return pd.Series(np.where(reason.notna(), "file", None), index=frame.index, dtype=object), reason
+
+    def content_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``content`` over a frame: one column per key, so the core renders each row's JSON in
+        bulk exactly as ``json.dumps(content(row), sort_keys=True, ...)`` (a test compares them)."""
+        s = self.settings
+        ids = frame["id"].astype(str)
+        unsafe = ids.str.contains(_EXTERNAL_UNSAFE.pattern, regex=True).to_numpy(dtype=bool)
+        external = ids.to_numpy(dtype=object).copy()
+        external[unsafe] = [external_id_for(v) for v in external[unsafe]]
+        out = {"external_id": pd.Series(external, index=frame.index, dtype=object),
+               "title": _text_column(frame.get("title"), frame.index),
+               "description": _text_column(frame.get("description"), frame.index),
+               "language": _raw_column(frame["_language"]),
+               "folder": _text_column(frame.get("folder"), frame.index, s.folder),
+               "collection": _text_column(frame.get("collection"), frame.index, s.collection),
+               "descriptions": pd.Series(s.descriptions, index=frame.index, dtype=object),
+               "file_name": _raw_column(frame["file_name"]), "content_type": _raw_column(frame["content_type"])}
+        if s.tags_element:
+            out["tags"] = (frame["tags"].map(_tags) if "tags" in frame.columns
+                           else pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype=object))
+        return pd.DataFrame(out, index=frame.index)
+
+    def plan_actions(self, frame: pd.DataFrame, priors: list[Any], file_hash: np.ndarray) -> list[str]:
+        """The action ``plan`` names per row: ``upsert`` when this very file was uploaded before."""
+        return ["upsert" if p is not None and p.file_ref and p.file_hash == h else "upload+upsert"
+                for p, h in zip(priors, file_hash.tolist())]
 
     def _body(self, row: dict[str, Any], refs: dict[str, Any] | None) -> dict[str, Any]:
         """The upsert body without ``file_reference``. ``refs`` None (the environment not read:
@@ -692,6 +744,30 @@ def remote_digest(asset: dict[str, Any]) -> str:
         key=str)
     text = json.dumps(view, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _text_column(values: pd.Series | None, index: pd.Index, default: Any = None) -> pd.Series:
+    """``_text(v) or default`` per value (object Series: str or ``default``)."""
+    if values is None:
+        return pd.Series([default] * len(index), index=index, dtype=object)
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        text = values.astype(object)
+        blank = ~values.str.strip().str.len().fillna(0).gt(0).to_numpy(dtype=bool)
+    else:
+        text = values.map(_text).astype(object)
+        blank = text.isna().to_numpy(dtype=bool)
+    out = text.to_numpy(dtype=object).copy()
+    out[blank] = default
+    return pd.Series(out, index=index, dtype=object)
+
+
+def _raw_column(values: pd.Series) -> pd.Series:
+    """Values as ``to_dict`` gives them to ``content``: a missing one is ``pd.NA``, which
+    ``json.dumps(default=str)`` writes as ``"<NA>"``."""
+    out = values.astype(object)
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object and values.isna().any():
+        return out.where(values.notna(), "<NA>")
+    return out
 
 
 def _present(value: Any) -> bool:

@@ -95,7 +95,9 @@ from assetferry.connectors.core.fetchurls import FetchableSettings, FetchableURL
 from assetferry.connectors.core.http import Action, HeaderAuth, Verdict, VendorAuth, VendorHTTP, json_body
 from assetferry.connectors.core.ledger import INTENT
 from assetferry.connectors.core.records import RowProblems, rejects_frame
-from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
+from assetferry.connectors.vendors.base import (
+    BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec, text_checks,
+)
 
 log = logging.getLogger("assetferry.mediapocket")
 
@@ -115,6 +117,8 @@ _TITLE_FROM_FILE = "title taken from the file name (no title)"
 class MediaPocketSettings(RateSettings, FetchableSettings):
     """``destination.settings`` for ``vendor: mediapocket``."""
 
+    max_title_chars: int = Field(default=TITLE_MAX, ge=1, le=TITLE_MAX,
+                                 description="longest title accepted (Media Pocket's documented maximum: 255)")
     project_id: str | None = Field(default=None, min_length=1, description="project for rows without a parent")
     s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$",
                                   description="files in this bucket are sent as s3 keys")
@@ -126,6 +130,9 @@ class MediaPocketSettings(RateSettings, FetchableSettings):
     recreate_deleted: bool = True
     timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
     requests_per_second: float | None = Field(default=5, gt=0)
+    # one unit at a time by default: a non-idempotent create per row, and what one answer teaches
+    # (a project that does not exist) spares the next rows' requests
+    inflight: int = Field(default=1, ge=1, le=64)
 
 
 
@@ -260,6 +267,7 @@ class MediaPocketConnector(BaseConnector):
 
         out["_project"] = project
         out["_title"] = title
+        text_checks(out, s, "Media Pocket", checks, title=title)  # lengths and characters
         bad_rows = checks.bad
         if s.title_fallback == "file_name" and (named := int((untitled & ~bad_rows).sum())):
             self.notes[_TITLE_FROM_FILE] += named

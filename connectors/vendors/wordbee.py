@@ -58,6 +58,7 @@ import hashlib
 import logging
 import random
 import re
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -72,7 +73,9 @@ from assetferry.connectors.core.http import (
     Action, TokenAuth, Verdict, VendorAuth, VendorHTTP, json_body, retry_after_seconds, shared_auth,
 )
 from assetferry.connectors.core.records import RowProblems, rejects_frame
-from assetferry.connectors.vendors.base import BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec
+from assetferry.connectors.vendors.base import (
+    BaseConnector, Checkpoint, Plan, RateSettings, Result, Row, Unit, VendorSpec, text_checks,
+)
 
 log = logging.getLogger("assetferry.wordbee")
 
@@ -113,6 +116,9 @@ class WordbeeSettings(RateSettings):
     relative_path: str | None = Field(default=None, description="folder for rows without a relative_path column")
     max_file_mb: float | None = Field(default=None, gt=0, description="reject larger files unsent (and send maxsize)")
     requests_per_hour: int | None = Field(default=1000, ge=1)
+    # one unit at a time: the budget is an hourly allowance (about 0.3 requests/s), which
+    # overlapping requests would only spend faster and stop at less predictable points
+    inflight: int = Field(default=1, ge=1, le=64)
     throttle_wait_seconds: float = Field(default=10, ge=10, description="first wait after a 429 (doc: >= 10 s)")
     throttle_retries: int = Field(default=3, ge=0, description="hourly 429s in a row waited out before stopping")
 
@@ -195,7 +201,9 @@ class WordbeeConnector(BaseConnector):
         self.scope = f"pr{self.settings.project_id}"
         self.max_bytes = int(self.settings.max_file_mb * MB) if self.settings.max_file_mb else None
         self._targets: dict[str, str] = {}  # destination key -> the id that claimed it (this run)
-        self._throttles = 0  # 429s in a row (one connector per batch; its requests are sequential)
+        # 429s in a row, per sending thread: the loader sends a batch's units from several
+        # threads (``inflight``), and "in a row" means one request sequence's retries
+        self._tl = threading.local()
 
     def destination_key(self) -> str:
         return str(self.settings.project_id)
@@ -260,12 +268,12 @@ class WordbeeConnector(BaseConnector):
         400s -> reject the row, naming its field."""
         status = response.status_code
         if status < 300:
-            self._throttles = 0
+            self._tl.throttles = 0
             return None
         body = json_body(response)
         if status == 429:
             return self._throttled(response, body)
-        self._throttles = 0
+        self._tl.throttles = 0
         if status == 400 and _token_expired(body):
             return Verdict(Action.REAUTH, "Wordbee: session token invalid or expired")
         if status == 400:
@@ -277,17 +285,17 @@ class WordbeeConnector(BaseConnector):
         return None
 
     def _throttled(self, response: httpx.Response, body: Any) -> Verdict:
-        self._throttles += 1
+        throttles = self._tl.throttles = getattr(self._tl, "throttles", 0) + 1
         s = self.settings
         text = _text(body) or "throttled"
         period = _period(text)
         hourly = period is None or period >= 3600  # the doc's 429 is the hourly allowance
-        if hourly and self._throttles > s.throttle_retries:
+        if hourly and throttles > s.throttle_retries:
             resets = datetime.now(timezone.utc) + timedelta(seconds=period or 3600)
             return Verdict(Action.QUOTA, f"Wordbee's allowance is spent ({text.rstrip('.')}; throttled "
-                                         f"{self._throttles}x in a row)", resets_at=resets.isoformat(timespec="seconds"))
+                                         f"{throttles}x in a row)", resets_at=resets.isoformat(timespec="seconds"))
         hinted = retry_after_seconds(response)
-        wait = hinted if hinted is not None else s.throttle_wait_seconds * 2 ** (self._throttles - 1)
+        wait = hinted if hinted is not None else s.throttle_wait_seconds * 2 ** (throttles - 1)
         return Verdict(Action.RETRY, f"Wordbee 429: {text}", retry_after=wait)
 
     # -- transform (vectorised) ---------------------------------------------------------------
@@ -330,6 +338,7 @@ class WordbeeConnector(BaseConnector):
         checks.flag(no_ext, "file_name", "file_name '" + name.fillna("") + "' has no extension (Wordbee's upload needs one)")
 
         out["_segment"], out["_locale"], out["_path"] = parent, locale, path
+        text_checks(out, s, "Wordbee", checks)  # lengths and characters of the other text fields
         target = (parent.fillna("") + "|" + locale.fillna("").str.casefold() + "|"
                   + path.fillna("").str.casefold() + "|" + name.fillna("").str.casefold())
         ok = ~checks.bad
@@ -350,7 +359,7 @@ class WordbeeConnector(BaseConnector):
         if self.max_bytes is not None and info.size is not None and info.size > self.max_bytes:
             return "file", (f"file is {info.size / MB:.1f} MB; the job allows at most "
                             f"{self.settings.max_file_mb:g} MB (max_file_mb)")
-        return None
+        return self.empty_file(info, row)
 
     def content(self, row: dict[str, Any]) -> Any:
         return {"project": self.settings.project_id, "segment": row["_segment"],
@@ -371,6 +380,10 @@ class WordbeeConnector(BaseConnector):
         if _present(row["_path"]):
             body["relativePath"] = str(row["_path"])
         return body
+
+    def plan_actions(self, frame: pd.DataFrame, priors: list[Any], file_hash: Any) -> list[str]:
+        """The action ``plan`` names for each row (always both steps), for counting in bulk."""
+        return ["upload+attach"] * len(frame)
 
     def plan(self, unit: Unit) -> Plan:
         """Exactly the two requests ``send`` sends (auth headers masked)."""
