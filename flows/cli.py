@@ -185,6 +185,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
                   f"{summary['seconds']:.1f}s")
     notes = (summary.get("extra") or {}).get("notes") or {}  # what the vendor's prepare changed
     captions = [f"{what}: {n} rows" for what, n in notes.items()]
+    captions += (summary.get("extra") or {}).get("warnings") or []
     if summary.get("stopped"):
         captions.append(f"stopped: {summary['stopped']}"
                         + (f" (resets {summary['resets_at']})" if summary.get("resets_at") else ""))

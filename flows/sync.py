@@ -163,6 +163,9 @@ class _Batches:
         self.summary.bytes_sent += result.bytes_sent
         self.summary.requests += result.requests
         self.summary.throttled += result.throttled
+        notes = getattr(self.pipeline.connector, "notes", None)
+        if notes is not None:  # what each batch's connector counted (e.g. 0-byte files sent)
+            notes.update(result.notes)
         self.rejects.write(_failed_rejects(batch, result.outcomes))
         self.summary.batches += 1
         self.report()
@@ -394,6 +397,9 @@ def _sync(job: JobSpec, summary: RunSummary, connector: Any, pipeline: Pipeline,
     finally:
         rejects.close(failed=bool(summary.error))  # a refused run keeps the previous rejects file
     batches.report(final=True)
+    for warning in pipeline.warnings:  # e.g. a manifest without a single row: never a silent success
+        summary.extra.setdefault("warnings", []).append(warning)
+        logger.warning("%s", warning)
     notes = getattr(connector, "notes", None)  # rows the vendor's prepare changed (not rejected)
     if notes:
         summary.extra["notes"] = dict(notes)

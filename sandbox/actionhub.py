@@ -1,6 +1,7 @@
 """ActionHub (Data Baller) asset-metadata simulator (batch upsert, search), written from its public docs only."""
 
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -13,10 +14,19 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import (
-    BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator, model_validator,
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
 )
 
-DEMO_API_KEY = "sandbox-actionhub-key"
+#: The sandbox's API key; ASSETFERRY_SANDBOX_KEY_ACTIONHUB replaces it (the test suite runs with
+#: recognisable fake keys and scans every output for them).
+DEMO_API_KEY = os.environ.get("ASSETFERRY_SANDBOX_KEY_ACTIONHUB", "sandbox-actionhub-key")
 DEMO_PROGRAM_ID = "sandbox-program"
 DEMO_OTHER_PROGRAM_ID = "sandbox-program-2"  # the demo key spans two programs, as real keys may
 BASE_PATH = ""  # clients use http://host:port like https://api.actionhub.ai

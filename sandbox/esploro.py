@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import mimetypes
+import os
 import random
 import re
 import string
@@ -22,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-DEMO_API_KEY = "sandbox-esploro-apikey"
+#: The sandbox's API key; ASSETFERRY_SANDBOX_KEY_ESPLORO replaces it (the test suite runs with
+#: recognisable fake keys and scans every output for them).
+DEMO_API_KEY = os.environ.get("ASSETFERRY_SANDBOX_KEY_ESPLORO", "sandbox-esploro-apikey")
 DEMO_ASSET_IDS = "991000000100561,991000000200561,991000000300561"  # pre-created research assets
 DEMO_JOB_ID = "M50762"  # "Import Research Assets Files" ("Load files"); institutions also show M50173
 BASE_PATH = ""  # clients use the gateway root, like https://api-na.hosted.exlibrisgroup.com
@@ -657,11 +660,12 @@ def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict
     server started here serves (Esploro fetches files by URL), and the env variables it reads."""
     import tempfile
 
+    from assetferry.sandbox.server import (
+        running,  # here: sandbox.server imports this module
+    )
     from starlette.applications import Starlette
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
-
-    from assetferry.sandbox.server import running  # here: sandbox.server imports this module
 
     stage = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-esploro-stage-"))
     files_root = stack.enter_context(running(Starlette(routes=[Mount("/", StaticFiles(directory=stage))])))

@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import mimetypes
+import os
 import re
 import secrets
 import time
@@ -20,7 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-DEMO_API_KEY = "sandbox-mediapocket-key"
+#: The sandbox's API key; ASSETFERRY_SANDBOX_KEY_MEDIAPOCKET replaces it (the test suite runs with
+#: recognisable fake keys and scans every output for them).
+DEMO_API_KEY = os.environ.get("ASSETFERRY_SANDBOX_KEY_MEDIAPOCKET", "sandbox-mediapocket-key")
 DEMO_PROJECT_ID = "DEMOprojectSandbox01"  # 20 URL-safe characters, like the vendor's ids
 BASE_PATH = "/api/v2"  # clients use http://host:port/api/v2 like https://<customer host>/api/v2
 OWNER_EMAIL = "sandbox-user@example.com"  # the user the demo key acts as ("owner" in responses)
@@ -468,9 +471,10 @@ def demo_job(root: str, demo_dir: Any, stack: Any) -> tuple[dict[str, Any], dict
     CDN; both live until ``stack`` closes."""
     import tempfile
 
+    from assetferry.sandbox.server import (
+        running,  # here: sandbox.server imports this module
+    )
     from starlette.staticfiles import StaticFiles
-
-    from assetferry.sandbox.server import running  # here: sandbox.server imports this module
 
     staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="assetferry-demo-staging-"))
     files_root = stack.enter_context(running(StaticFiles(directory=staging)))

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import mimetypes
+import os
 import re
 import time
 import uuid
@@ -19,7 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 DEMO_ACCOUNT_ID = "sandbox"
-DEMO_API_KEY = "sandbox-api2-key"
+#: The sandbox's API key; ASSETFERRY_SANDBOX_KEY_WORDBEE replaces it (the test suite runs with
+#: recognisable fake keys and scans every output for them).
+DEMO_API_KEY = os.environ.get("ASSETFERRY_SANDBOX_KEY_WORDBEE", "sandbox-api2-key")
 DEMO_PROJECT_ID = "7214"
 DEMO_SCOPE = "pr7214"
 DEMO_DOCUMENT_ID = "19641"

@@ -44,6 +44,7 @@ def load_batch(job: JobSpec, batch: pd.DataFrame, priors: dict[str, LedgerEntry]
     known.update(ledger.batch_entries(run_id, number))
     with ledger.writer(run_id, number) as journal:
         result = Loader(connector).load(batch, known, journal, run_id)
+    result.notes.update(getattr(connector, "notes", None) or {})  # this batch's connector only
     logger.info("batch %d: %s", number, ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "empty")
     return result
 

@@ -36,6 +36,12 @@ import uuid  # noqa: E402
 for _name in ("KONTENT_KEY", "AWS_SECRET", "URL_PASSWORD", "URL_SIGNATURE"):
     os.environ.setdefault(f"ASSETFERRY_TEST_SECRET_{_name}", f"FAKEKEY-{uuid.uuid4()}")
 os.environ["AWS_SECRET_ACCESS_KEY"] = os.environ["ASSETFERRY_TEST_SECRET_AWS_SECRET"]
+# Every simulator's API key too (read by sandbox/<vendor>.py at import), so the whole suite runs
+# under recognisable fake keys; pytest_runtest_makereport below scans every test's output for them.
+for _vendor in ("KONTENT", "ESPLORO", "MEDIAPOCKET", "ACTIONHUB", "WORDBEE"):
+    os.environ.setdefault(f"ASSETFERRY_SANDBOX_KEY_{_vendor}", f"FAKEKEY-{_vendor.lower()}-{uuid.uuid4()}")
+_FAKE_SECRETS = {name: value for name, value in os.environ.items()
+                 if name.startswith(("ASSETFERRY_TEST_SECRET_", "ASSETFERRY_SANDBOX_KEY_"))}
 
 import httpx  # noqa: E402
 
@@ -106,3 +112,20 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """The suite-wide secrets scan: whatever a passing test printed or logged (captured stdout,
+    stderr and log records of its setup, call and teardown) must hold none of the fake keys."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "teardown" or not report.passed:
+        return  # teardown's report holds the sections of all three phases; a failure's own message
+        # may quote a value, and it fails anyway
+    leaked = sorted(name for name, value in _FAKE_SECRETS.items()
+                    if any(value in text for _, text in report.sections))
+    if leaked:
+        report.outcome = "failed"
+        report.longrepr = (f"secrets scan: {', '.join(leaked)} appeared in this test's captured output or logs "
+                           "(the value is not repeated here)")

@@ -294,3 +294,28 @@ def test_demo_validates_and_honours_output_too() -> None:
     assert bad.exit_code == 2 and "invalid --output" in bad.output
     unknown = CliRunner().invoke(app, ["demo", "no-such-vendor", "--output", "json"])
     assert unknown.exit_code == 2 and "no sandbox" in json.loads(unknown.stdout)["error"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_summary_counts_zero_byte_files_and_warns_of_an_empty_manifest(kontent: str, tmp_path: Path) -> None:
+    """The batches stat the files, not the flow: what their connectors counted reaches the run's
+    summary (and the CLI table); a manifest without rows is a warning there, not a silent success."""
+    from assetferry.flows.cli import _summary_table
+    from assetferry.flows.sync import sync_assets
+    from rich.console import Console
+
+    rows = kit.make_rows(tmp_path / "files", 3)
+    (tmp_path / "files" / "empty.png").write_bytes(b"")
+    rows.append({"id": "empty", "title": "t", "file": str(tmp_path / "files" / "empty.png")})
+    summary = sync_assets(load_job(_csv_job(tmp_path, kontent, rows)))
+    assert summary["loaded"] == 4 and summary["extra"]["notes"] == {"empty files (0 bytes) sent": 1}, summary
+    console = Console(width=200, record=True)
+    console.print(_summary_table(summary))
+    assert "empty files (0 bytes) sent: 1 rows" in console.export_text()
+
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "m.csv").write_text("id,title,file\n")
+    data = kit.job_dict("m.csv", kontent, Path("state"))
+    summary = sync_assets(load_job(kit.write_job(tmp_path / "none" / "job.yaml", data)))
+    assert summary["loaded"] == 0 and summary["exit_code"] == 0
+    assert any("no rows" in w for w in summary["extra"]["warnings"]), summary

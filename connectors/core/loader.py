@@ -57,6 +57,9 @@ class BatchResult:
     throttled: int = 0  # 429 answers seen (waited out)
     quota: str | None = None  # the vendor's allowance is spent: stop, the rest is pending
     resets_at: str | None = None
+    #: what the connector counted while deciding and sending (``BaseConnector.notes``, e.g. 0-byte
+    #: files sent): kind -> rows; the run's summary adds them up
+    notes: Counter[str] = field(default_factory=Counter)
 
     def add(self, outcome: Outcome) -> None:
         self.counts[outcome.status] += 1
@@ -72,6 +75,7 @@ class BatchResult:
         self.throttled += other.throttled
         self.quota = self.quota or other.quota
         self.resets_at = self.resets_at or other.resets_at
+        self.notes.update(other.notes)
 
 
 @dataclass(frozen=True)
