@@ -137,6 +137,16 @@ def _fail(message: str, code: int = 2, output: str = "table") -> None:
     raise typer.Exit(code)
 
 
+def _output_choice(value: str) -> str:
+    if value not in ("table", "json"):
+        _fail(f"invalid --output {value!r}: use table or json")
+    return value
+
+
+#: ``--output`` of every command, checked while the command line is parsed.
+OUTPUT = typer.Option("table", help="table | json", callback=_output_choice)
+
+
 def _markup_escape(text: str) -> str:
     from rich.markup import escape
 
@@ -438,7 +448,7 @@ def run(
     reconcile: bool = typer.Option(False, "--reconcile",
                                    help="first read the vendor back and send again what is missing there "
                                         "(e.g. deleted in its UI; see `verify`)"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
     runner: Optional[str] = typer.Option(
         None, "--runner", help="threads | dask | dask://host:port: where batches run (default: the job's "
                                "runner); Dask needs a Prefect server (the local one is started if needed)"),
@@ -450,8 +460,6 @@ def run(
 
     Incremental: rows whose updated_at is older than the last complete run's newest are skipped
     (rows without updated_at are always considered); --full-refresh considers every row."""
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     if plan is not None and not dry_run:
         _fail("--plan writes the plan of a dry run: add --dry-run (nothing was sent)")
     try:
@@ -500,13 +508,11 @@ def verify(
     job_file: Path = typer.Argument(..., help="the job YAML"),
     reconcile: bool = typer.Option(False, "--reconcile",
                                    help="mark the missing records so that the next run sends them again"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
 ) -> None:
     """Read the vendor back (reads only) and compare with the ledger: missing (deleted at the
     vendor), changed (edited there since the load), extra (at the vendor, not in the ledger).
     Exit 0 in sync, 1 on drift, 2 on a configuration or credential error."""
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     try:
         from assetferry.connectors.core.job import load_job
         from assetferry.connectors.core.ledger import Ledger
@@ -566,15 +572,13 @@ def validate(
     until: Optional[str] = typer.Option(None),
     limit: Optional[int] = typer.Option(None, min=1),
     sample: int = typer.Option(3, help="how many payloads to print"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
     check_vendor: bool = typer.Option(True, "--check-vendor/--no-check-vendor",
                                       help="also read what the destination defines (read-only requests) "
                                            "when the credentials are available"),
 ) -> None:
     """Extract and transform only: counts, rejects and a sample of the payloads; rows the ledger
     already holds unchanged are counted as such. Exit 1 if any row is rejected."""
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     try:
         from assetferry.connectors.core.job import load_job
 
@@ -589,7 +593,7 @@ def validate(
 @app.command()
 def demo(
     vendor: str = typer.Argument("kontent", help="kontent | esploro | mediapocket | actionhub | wordbee"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
 ) -> None:
     """Start a vendor's sandbox, load the bundled sample manifest through the real flow, print the summary."""
     from contextlib import ExitStack
@@ -597,8 +601,6 @@ def demo(
 
     from assetferry.sandbox.server import SIMULATORS, running
 
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     if vendor not in SIMULATORS:
         _fail(f"no sandbox for {vendor!r} (available: {', '.join(sorted(SIMULATORS))})", output=output)
     module = sys.modules[SIMULATORS[vendor].__module__]
@@ -694,12 +696,10 @@ def backfill(
     window: str = typer.Option("7d", help="window length: 7d, 12h, 30m"),
     deployment: Optional[str] = typer.Option(None, help="run each window as a run of this deployment "
                                                         "(flow/deployment name) on the Prefect server"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
 ) -> None:
     """Load [since, until) window by window, in order: locally (one summary per window), or as one
     deployment run per window on the server (followed to the end, with each run's UI link)."""
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     try:
         from assetferry.connectors.core.job import load_job
 
@@ -756,12 +756,10 @@ def _backfill_deployment(name: str, job_file: Path, windows: list[tuple[str, str
 @app.command()
 def status(
     job_file: Path = typer.Argument(..., help="the job YAML"),
-    output: str = typer.Option("table", help="table | json"),
+    output: str = OUTPUT,
 ) -> None:
     """What the ledger says: records per status, the last run, rejected rows, and whether a run
     of this job is going on now. Sends nothing, starts no Prefect."""
-    if output not in ("table", "json"):
-        _fail(f"invalid --output {output!r}: use table or json")
     try:
         from assetferry.connectors.core.job import load_job
         from assetferry.connectors.pipeline import Pipeline, make_connector
@@ -873,7 +871,7 @@ app.add_typer(server_app, name="server")
 
 
 @server_app.command("status")
-def server_status(output: str = typer.Option("table", help="table | json")) -> None:
+def server_status(output: str = OUTPUT) -> None:
     """Whether the local Prefect server runs, its UI/API URL, PID and log. Exit 0 running, 1 not."""
     from assetferry.flows import server
 

@@ -133,9 +133,8 @@ def budget_plan(connector: Any) -> BudgetPlan | None:
     if not isinstance(connector, BaseConnector):
         return None
     paced, _ = connector.windows()
-    per_second = getattr(connector.settings, "requests_per_second", None)
     return plan(limit_name(connector.spec.name, connector.destination_key()), paced,
-                min_interval=1.0 / per_second if per_second else 0.0)
+                min_interval=connector.min_interval())
 
 
 def ensure_budget(connector: Any) -> BudgetPlan | None:

@@ -13,7 +13,6 @@ stays in the loader's thread.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from assetferry.connectors.core.decide import REJECTED, SEND, decide
+from assetferry.connectors.core.decide import REJECTED, SEND, decide, digest  # noqa: F401  (digest: the ledger's hash, re-exported)
 from assetferry.connectors.core.errors import AuthError, QuotaExhausted, RejectedError, TransientError
 from assetferry.connectors.core.ledger import INTENT, JournalWriter, LedgerEntry, entry
 from assetferry.connectors.vendors.base import Connector, Outcome, Result, Row, Unit
@@ -99,12 +98,6 @@ class PlanItem:
         if self.reason:
             data["field"], data["reason"] = self.field, self.reason
         return data
-
-
-def digest(text: str) -> str:
-    """A short content hash (64 bits, hex): collisions between two versions of one record are
-    negligible, and the ledger stays small."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 class Loader:

@@ -63,11 +63,6 @@ def clean(value: Any, *, keep_newlines: bool = True) -> str:
     return escape_control(mask_secrets(str(value)), keep_newlines=keep_newlines)
 
 
-def mask_url(url: str | None) -> str | None:
-    """A URL fit for storing or showing: password and signature parameters masked."""
-    return None if url is None else mask_secrets(url)
-
-
 def mask_frame_text(frame: Any, columns: list[str]) -> Any:
     """A copy of a DataFrame whose ``columns`` (text) have their secrets masked; vectorised per
     column, only cells that may hold one are touched."""

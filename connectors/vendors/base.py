@@ -4,12 +4,14 @@ small types that pass between the loader and a connector."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -111,6 +113,8 @@ _TEXT_CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]
 #: Columns whose checks are someone else's: the id (records), file locations, our own columns.
 _UNCHECKED = ("id", "file", "updated_at", "tags", "content_type")
 EMPTY_FILES = "empty files (0 bytes) sent"
+EMPTY_REJECT = "file is empty (0 bytes; destination.settings.reject_empty_files is on)"
+_checks_log = logging.getLogger("assetferry.checks")
 
 
 def text_checks(frame: pd.DataFrame, settings: CheckSettings, vendor: str, checks: Any,
@@ -330,15 +334,22 @@ class BaseConnector:
         counted in ``notes`` and logged: a warning in the summary)."""
         if info is None or info.size != 0:
             return None
-        if getattr(self.settings, "reject_empty_files", False):
-            return "file", "file is empty (0 bytes; destination.settings.reject_empty_files is on)"
-        self.notes[EMPTY_FILES] += 1
-        import logging
+        rejected = self.empty_files(pd.Series([0]), [(row or {}).get("id", "?")])
+        return ("file", EMPTY_REJECT) if rejected[0] else None
 
-        logging.getLogger("assetferry.checks").warning(
-            "row %s: its file is empty (0 bytes) and is sent as it is (destination.settings.reject_empty_files: "
-            "true rejects such rows)", (row or {}).get("id", "?"))
-        return None
+    def empty_files(self, size: pd.Series, ids: Any) -> Any:
+        """``empty_file`` over a column of sizes (``ids``: the rows' ids, for the log): a boolean
+        array, True where the row is rejected (0 bytes and ``reject_empty_files``); otherwise the
+        0-byte rows are counted in ``notes`` and logged, once each."""
+        empty = (size == 0).fillna(False).to_numpy(dtype=bool)
+        if getattr(self.settings, "reject_empty_files", False):
+            return empty
+        if empty.any():
+            self.notes[EMPTY_FILES] += int(empty.sum())
+            for row_id in pd.Series(list(ids))[empty].tolist():
+                _checks_log.warning("row %s: its file is empty (0 bytes) and is sent as it is "
+                                    "(destination.settings.reject_empty_files: true rejects such rows)", row_id)
+        return np.zeros(len(empty), dtype=bool)
 
     def classify(self, response: httpx.Response) -> Verdict | None:
         return None
@@ -378,15 +389,18 @@ class BaseConnector:
             allowance.append(Window(s.requests_per_day, 86400.0))
         return paced, allowance
 
+    def min_interval(self) -> float:
+        """Seconds between two sends (even spacing under a per-second limit; 0: none)."""
+        per_second = getattr(self.settings, "requests_per_second", None)
+        return 1.0 / per_second if per_second else 0.0
+
     def session(self) -> VendorHTTP:
         paced, allowance = self.windows()
-        per_second = getattr(self.settings, "requests_per_second", None)
         limiter = shared_limiter(f"{self.spec.name}:{self.base_url}:{self.destination_key()}", paced,
-                                 allowances=allowance,
-                                 min_interval=1.0 / per_second if per_second else 0.0)
+                                 allowances=allowance, min_interval=self.min_interval())
         if self.budgets is not None:
             limiter = self.budgets.wrap(limiter, self.spec.name, self.destination_key(), paced,
-                                        min_interval=1.0 / per_second if per_second else 0.0)
+                                        min_interval=self.min_interval())
         # One connection pool per vendor budget and credential per process, reused by every
         # batch (building a client + SSL context per batch was 11 % of a run's samples).
         creds = hashlib.sha256("\0".join(f"{k}={getattr(v, 'get_secret_value', lambda v=v: v)()}"

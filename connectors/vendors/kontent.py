@@ -97,7 +97,7 @@ from assetferry.connectors.vendors.base import (
     Row,
     Unit,
     VendorSpec,
-    EMPTY_FILES,
+    EMPTY_REJECT,
     text_checks,
 )
 
@@ -500,12 +500,7 @@ class KontentConnector(BaseConnector):
         if big.any():
             reason[big] = [f"file is {b / MB:.1f} MB; Kontent accepts at most {self.settings.max_file_mb:g} MB (MiB)"
                            for b in size[big].tolist()]
-        empty = (size == 0).fillna(False).to_numpy(dtype=bool)
-        if empty.any():  # as ``empty_file``: rejected when the job says so, else counted
-            if self.settings.reject_empty_files:
-                reason[empty] = "file is empty (0 bytes; destination.settings.reject_empty_files is on)"
-            else:
-                self.notes[EMPTY_FILES] += int(empty.sum())
+        reason[self.empty_files(size, frame["id"])] = EMPTY_REJECT  # rejected or counted, as ``empty_file``
         return pd.Series(np.where(reason.notna(), "file", None), index=frame.index, dtype=object), reason
 
     def content_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
