@@ -35,6 +35,7 @@ from assetferry.tasks.load import ensure_budget, finish_load, load_batch, shares
 #: Called after every batch with the running summary; the CLI hangs its progress bar here.
 ProgressHook = Callable[["RunSummary"], None]
 PROGRESS_HOOKS: list[ProgressHook] = []
+ARTIFACT_EVERY = 1.0  # seconds between two updates of a run's progress artifact (plus the last)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Batches:
         self.inflight: dict[PrefectFuture, tuple[int, pd.DataFrame]] = {}
         self.logger = get_run_logger()
         self.task = load_batch.with_options(retries=job.retries, retry_delay_seconds=job.retry_delay_seconds)
+        self.artifact_at = time.monotonic()
         self.progress_id = create_progress_artifact(
             progress=0.0, key=_key(job.name, summary.vendor, "progress"), description=f"{job.name} -> {summary.vendor}")
 
@@ -220,11 +222,16 @@ class _Batches:
         for status in ("loaded", "unchanged", "rejected", "failed", "pending"):
             setattr(s, status, self.counts[status])
         s.outside_window = self.pipeline.counts.outside_window
-        s.seconds = time.monotonic() - self.started
-        update_progress_artifact(self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1),
-                                 description=f"{self.job.name} -> {s.vendor}: {s.done} of {s.total} rows "
-                                             f"({s.loaded} loaded, {s.unchanged} unchanged, {s.rejected} rejected, "
-                                             f"{s.failed} failed, {s.pending} pending)")
+        now = time.monotonic()
+        s.seconds = now - self.started
+        # the UI's progress bar: at most one update per ARTIFACT_EVERY seconds, and the last one
+        # (each is a request to the Prefect API on the flow's thread, between two batches)
+        if final or now - self.artifact_at >= ARTIFACT_EVERY:
+            self.artifact_at = now
+            update_progress_artifact(
+                self.progress_id, progress=100.0 if final else 100.0 * s.done / max(s.total, 1),
+                description=f"{self.job.name} -> {s.vendor}: {s.done} of {s.total} rows ({s.loaded} loaded, "
+                            f"{s.unchanged} unchanged, {s.rejected} rejected, {s.failed} failed, {s.pending} pending)")
         for hook in PROGRESS_HOOKS:
             hook(s)
 

@@ -153,3 +153,22 @@ def test_validate_dry_run_and_help_never_import_prefect(kontent: str, tmp_path: 
                              timeout=120)
         last = out.stdout.strip().splitlines()[-1]
         assert last == "IMPORTED:", (args, last, out.stderr[-1500:])
+
+
+def test_a_cli_run_sends_no_heartbeats_unless_the_user_set_them(monkeypatch) -> None:  # noqa: ANN001
+    """Prefect's default heartbeat thread sleeps in 1 s steps and is joined at the end of every
+    run (up to 1 s per command); a run started from the CLI turns it off unless the user set
+    the heartbeat frequency (environment or Prefect profile), which is then kept."""
+    from assetferry.flows.cli import _no_default_heartbeats
+    from prefect.settings import get_current_settings
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's own default (180 s in 3.8) would start the thread
+    with _no_default_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == default
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with _no_default_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency == default  # the user's choice stands
