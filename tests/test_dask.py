@@ -166,3 +166,55 @@ def test_the_budget_plan_keeps_every_window_under_its_limit() -> None:
             assert blocks * p.block <= w.limit, (w, p)
     assert plan("n", []) is None
     assert limit_name("kontent", "a/b c") == "assetferry:kontent:a_b_c"
+
+
+def test_a_job_on_a_remote_dask_scheduler_runs_its_batches_on_that_clusters_workers(
+        prefect_api: tuple[str, dict[str, str]], kontent: str, tmp_path: Path) -> None:
+    """``--runner dask://host:port``: a scheduler and two workers started apart from the run (as
+    on other machines; here on loopback). The workers resolve the credential reference from their
+    own environment and report to the same Prefect API; the budget is shared through it."""
+    api, env = prefect_api
+    kit.set_limits(kontent, PER_SECOND, PER_MINUTE)
+    port = free_port()
+    # INFO on the workers' console (an in-process CLI test may have left a quieter level in
+    # os.environ), so their log shows which batches they ran
+    cluster_env = dict(env, PREFECT_API_URL=api, PREFECT_LOGGING_LEVEL="INFO",
+                       PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO")
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, *args: str) -> None:
+        with (logs / f"{name}.log").open("wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_" + name, *args], env=cluster_env,
+                                          cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    spawn("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
+    spawn("worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+          "--host", "127.0.0.1")
+    try:
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        job = _job(tmp_path, kontent, "remote", 24)
+        out = _run(env, job, "--runner", f"dask://127.0.0.1:{port}")
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:] + (logs / "worker.log").read_text()[-3000:]
+        assert f"the Dask scheduler at 127.0.0.1:{port}" in out.stderr
+        summary = json.loads(out.stdout)
+        assert (summary["loaded"], summary["failed"], summary["throttled"]) == (24, 0, 0)
+        assert kit.stats(kontent)["throttled"] == 0
+        _exactly_once(kontent, {f"REM-{i:04d}" for i in range(24)})
+        worked = (logs / "worker.log").read_text()
+        assert "remote-kontent-batch-" in worked and " loaded" in worked  # the batches ran on those workers
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -407,3 +407,32 @@ def test_s3_manifest_replaced_between_runs_is_read_fresh(s3_endpoint: str, s3_bu
 
     assert first["id"].tolist() == ["old"]
     assert second["id"].tolist() == ["new1", "new2"]
+
+
+def test_an_http_manifest_missing_or_on_a_host_that_refuses_says_which(tmp_path: Path) -> None:
+    """Over real sockets: a served manifest is read, a 404 is "not found", and a host that refuses
+    the connection is reported as unreachable (fsspec's http filesystem calls both "not found")."""
+    import functools
+    import socket
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "m.csv").write_text("id,title\na1,One\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert _joined(_collect(ManifestSource(f"{base}/m.csv")))["id"].tolist() == ["a1"]
+        with pytest.raises(ConfigError, match=f"^manifest not found: {base}/nope.csv$"):
+            _collect(ManifestSource(f"{base}/nope.csv"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    with pytest.raises(ConfigError, match=rf"^cannot reach the host of manifest http://127.0.0.1:{closed}/m.csv "
+                                          r"\(connection refused\)$"):
+        _collect(ManifestSource(f"http://127.0.0.1:{closed}/m.csv"))

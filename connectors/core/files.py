@@ -234,7 +234,7 @@ def _resolve(host: str) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
 
 
-def _unreachable(exc: BaseException | None) -> str | None:
+def unreachable(exc: BaseException | None) -> str | None:
     """"connection refused", "host not found", "timed out", ... when ``exc`` (or its cause) is a
     failure to reach a host rather than a missing file, else None."""
     found = None
@@ -341,8 +341,8 @@ class FileStore:
         except FileNotFoundError as exc:
             if isinstance(exc.__cause__, AccessDenied):  # fsspec's http info wraps it
                 return FileInfo(None, "", str(exc.__cause__))
-            if _unreachable(exc.__cause__):  # fsspec's http info wraps a refused connection too
-                return FileInfo(None, "", f"cannot connect to the host ({_unreachable(exc.__cause__)})")
+            if unreachable(exc.__cause__):  # fsspec's http info wraps a refused connection too
+                return FileInfo(None, "", f"cannot connect to the host ({unreachable(exc.__cause__)})")
             return FileInfo(None, "", "file not found")
         except AccessDenied as exc:
             return FileInfo(None, "", str(exc))

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from assetferry.connectors.core.errors import ConfigError
+from assetferry.connectors.core.files import unreachable
 from assetferry.connectors.sources.base import RecordChunk
 from fsspec import AbstractFileSystem
 from fsspec.core import has_magic, url_to_fs
@@ -174,9 +175,13 @@ class ManifestSource:
             try:
                 info = fs.info(path)
             except FileNotFoundError as exc:
-                raise ConfigError(f"manifest not found: {shown}") from exc
+                raise _missing(shown, exc) from exc
         except PermissionError as exc:
             raise ConfigError(f"access denied to manifest {shown}") from exc
+        except OSError as exc:  # e.g. aiohttp's connection errors, raised as they are
+            if unreachable(exc) is None:
+                raise
+            raise _missing(shown, exc) from exc
         if info.get("type") == "directory":
             raise ConfigError(
                 f"manifest {shown} is a directory; use a glob such as {shown.rstrip('/')}/*.csv"
@@ -190,9 +195,13 @@ class ManifestSource:
         try:
             handle = fs.open(path, "rb", compression=compression)
         except FileNotFoundError as exc:
-            raise ConfigError(f"manifest not found: {source}") from exc
+            raise _missing(source, exc) from exc
         except PermissionError as exc:
             raise ConfigError(f"access denied to manifest {source}") from exc
+        except OSError as exc:
+            if unreachable(exc) is None:
+                raise
+            raise _missing(source, exc) from exc
         with handle:
             parts = _READERS[fmt](handle, chunk_rows, self._read)
             seen = 0
@@ -283,6 +292,15 @@ def _check_format(format: str) -> str:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown manifest format {format!r}; accepted: {', '.join(FORMATS)}")
     return fmt
+
+
+def _missing(shown: str, exc: BaseException) -> ConfigError:
+    """"manifest not found", or why its host could not be reached (fsspec's http filesystem
+    reports a refused connection as a missing file)."""
+    why = unreachable(exc.__cause__ if isinstance(exc, FileNotFoundError) else exc)
+    if why:
+        return ConfigError(f"cannot reach the host of manifest {shown} ({why})")
+    return ConfigError(f"manifest not found: {shown}")
 
 
 def _is_http(fs: AbstractFileSystem) -> bool:
