@@ -12,6 +12,10 @@ Settings (environment):
 - ``ASSETFERRY_PREFECT_SERVER``: ``local`` (default) or ``ephemeral`` (Prefect's temporary
   server per command, as before; ``run --no-server`` does the same for one command).
 - ``ASSETFERRY_PREFECT_PORT``: the port of a server to start (default 4200 when free, else a free one).
+- ``ASSETFERRY_PREFECT_IDLE_MINUTES``: a server assetferry started stops by itself after this many
+  minutes without a command using it (default 120; 0 = never). A small watcher process started
+  with it checks ``assetferry-server.used``, which every command using the server touches (once a
+  minute while a run lasts); the next command starts the server again (the database is kept).
 
 Concurrent first use: starting happens under an exclusive lock file (``assetferry-server.lock``),
 so two commands starting at once share one server. A PID file whose process is gone (or is not a
@@ -168,14 +172,16 @@ def status(home: Path | None = None) -> ServerInfo | None:
 
 # -- start / stop -------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _locked(home: Path, timeout: float) -> Iterator[None]:
-    """An exclusive lock on ``home/assetferry-server.lock`` (released by the OS if we die)."""
+def _locked(home: Path, timeout: float, *, shared: bool = False) -> Iterator[None]:
+    """A lock on ``home/assetferry-server.lock`` (released by the OS if we die): exclusive to
+    start or stop the server, ``shared`` to start using a running one (many commands at once;
+    never while the idle watcher is stopping it)."""
     home.mkdir(parents=True, exist_ok=True)
     with open(home / LOCK_FILE, "a+", encoding="utf-8") as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
@@ -220,13 +226,16 @@ def ensure(home: Path | None = None, *, timeout: float = START_TIMEOUT) -> tuple
     processes at once (one starts, the others wait for it and reuse it). Raises ConfigError when
     the server does not become healthy within ``timeout`` (its log file is named)."""
     home = home or prefect_home()
-    info = status(home)
-    if info:  # the common case: one health check, no lock
-        return info, False
+    with _locked(home, timeout, shared=True):  # the common case: one health check
+        info = status(home)
+        if info:
+            touch(home)  # under the lock: the idle watcher cannot be stopping it now
+            return info, False
     with _locked(home, timeout):
         info = read_info(home)
         if info and _alive(info.pid):
             if _wait_healthy(info, min(30.0, timeout)):  # started by a command that died since?
+                touch(home)
                 return info, False
             _terminate(info.pid)  # alive but not answering: replace it
         _remove_info(home)  # stale: its process is gone
@@ -240,6 +249,7 @@ def ensure(home: Path | None = None, *, timeout: float = START_TIMEOUT) -> tuple
 
 
 def _start(home: Path) -> ServerInfo:
+    idle = idle_minutes()  # a bad value is refused before anything starts
     port = _choose_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_UI_API_URL=url,
@@ -254,6 +264,8 @@ def _start(home: Path) -> ServerInfo:
     _CHILDREN[proc.pid] = proc
     info = ServerInfo(pid=proc.pid, port=port, url=url, home=str(home), started_at=time.time(), log=str(log))
     _write_info(info)
+    touch(home)
+    _spawn_watch(info, idle * 60)
     return info
 
 
@@ -299,6 +311,104 @@ def stop(home: Path | None = None) -> ServerInfo | None:
             _terminate(info.pid)
         _remove_info(home)
         return info
+
+
+# -- stopping when idle ---------------------------------------------------------------------------
+USED_FILE = "assetferry-server.used"
+DEFAULT_IDLE_MINUTES = 120.0
+
+
+def idle_minutes() -> float:
+    """``ASSETFERRY_PREFECT_IDLE_MINUTES``: stop the local server after this long without a command
+    using it (default 120; 0 = never). Raises ConfigError."""
+    raw = os.environ.get("ASSETFERRY_PREFECT_IDLE_MINUTES", "").strip()
+    if not raw:
+        return DEFAULT_IDLE_MINUTES
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"ASSETFERRY_PREFECT_IDLE_MINUTES={raw!r}: not a number of minutes") from None
+    if value < 0 or value != value:
+        raise ConfigError(f"ASSETFERRY_PREFECT_IDLE_MINUTES={raw!r}: use 0 (never) or a positive number")
+    return value
+
+
+def touch(home: Path | None = None) -> None:
+    """Record that a command is using the local server now (the idle clock restarts)."""
+    path = (home or prefect_home()) / USED_FILE
+    with contextlib.suppress(OSError):
+        path.touch()
+
+
+class _KeepAlive:
+    """While a command runs on the local server (a load may take hours), restart its idle clock
+    every ``every`` seconds from a daemon thread."""
+
+    def __init__(self, home: Path, every: float | None = None) -> None:
+        import threading
+
+        idle = idle_minutes() * 60
+        self._every = every or min(60.0, max(0.5, idle / 4 if idle else 60.0))
+        self._home = home
+        self._done = threading.Event()
+        touch(home)
+        self._thread = threading.Thread(target=self._run, name="assetferry-server-keepalive", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            touch(self._home)
+
+    def stop(self) -> None:
+        self._done.set()
+        touch(self._home)  # the idle time counts from the end of the command
+
+
+def _last_used(home: Path, since: float) -> float:
+    try:
+        return max(since, (home / USED_FILE).stat().st_mtime)
+    except OSError:
+        return since
+
+
+def _spawn_watch(info: ServerInfo, idle: float) -> None:
+    """A small detached process that stops the server after ``idle`` seconds without use."""
+    if idle <= 0:
+        return
+    log = open(info.log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        subprocess.Popen([sys.executable, "-m", "assetferry.flows.server", "watch", info.home, str(info.pid),
+                          str(idle)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, close_fds=True, cwd=info.home)
+    finally:
+        log.close()
+
+
+def watch(home: Path, pid: int, idle: float, *, clock: Any = time.time, sleep: Any = time.sleep) -> str:
+    """The watcher's loop: returns why it ended. Ends when the server it watches is gone or
+    replaced, or stops it once nothing used it for ``idle`` seconds (under the start lock, so a
+    command starting to use it at that moment either gets it before or starts a new one after)."""
+    started = clock()
+    every = min(5.0, max(0.5, idle / 4))  # a stat and a /proc read: the server's end is noticed soon
+    while True:
+        sleep(every)
+        info = read_info(home)
+        if info is None or info.pid != pid or not _alive(pid):
+            return "gone"
+        if clock() - _last_used(home, started) < idle:
+            continue
+        with _locked(home, START_TIMEOUT):
+            info = read_info(home)
+            if info is None or info.pid != pid:
+                return "gone"
+            if clock() - _last_used(home, started) < idle:
+                continue
+            _terminate(pid)
+            _remove_info(home)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} assetferry: stopped the local Prefect server (pid {pid}) "
+              f"after {idle / 60:g} minutes without use", flush=True)
+        return "stopped"
+
 
 
 # -- for the CLI --------------------------------------------------------------------------------
@@ -347,6 +457,7 @@ def using(choice: ApiChoice) -> Iterator[ApiChoice]:
         return
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = choice.url
+    keepalive = _KeepAlive(Path(choice.info.home)) if choice.info is not None else None
     try:
         if "prefect.settings" in sys.modules:
             from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -356,6 +467,8 @@ def using(choice: ApiChoice) -> Iterator[ApiChoice]:
         else:
             yield choice
     finally:
+        if keepalive is not None:
+            keepalive.stop()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
@@ -365,5 +478,14 @@ def using(choice: ApiChoice) -> Iterator[ApiChoice]:
 def describe_info(info: ServerInfo | None) -> dict[str, Any]:
     if info is None:
         return {"running": False, "home": str(prefect_home())}
+    idle = idle_minutes()
     return {"running": True, "url": info.url, "ui": info.ui, "pid": info.pid, "port": info.port,
-            "home": info.home, "log": info.log, "started_at": info.started_at}
+            "home": info.home, "log": info.log, "started_at": info.started_at,
+            "stops_after_idle_minutes": idle or None}
+
+
+if __name__ == "__main__":  # python -m assetferry.flows.server watch HOME PID IDLE_SECONDS
+    if len(sys.argv) == 5 and sys.argv[1] == "watch":
+        watch(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        sys.exit("usage: python -m assetferry.flows.server watch HOME PID IDLE_SECONDS")

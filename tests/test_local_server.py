@@ -172,3 +172,49 @@ def test_a_cli_run_sends_no_heartbeats_unless_the_user_set_them(monkeypatch) -> 
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with _no_default_heartbeats():
         assert get_current_settings().flows.heartbeat_frequency == default  # the user's choice stands
+
+
+def test_an_unused_local_server_stops_by_itself_and_a_command_using_it_keeps_it(
+        tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """ASSETFERRY_PREFECT_IDLE_MINUTES: the watcher started with the server stops it once no
+    command used it for that long; a command running longer than that keeps it; the next
+    command starts it again on the same database."""
+    import time
+
+    home = tmp_path / "home"
+    for name, value in (("PREFECT_HOME", str(home)), ("ASSETFERRY_PREFECT_SERVER", "local"),
+                        ("ASSETFERRY_PREFECT_PORT", str(free_port())), ("ASSETFERRY_PREFECT_IDLE_MINUTES", "0.1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    try:
+        info, started = server.ensure(home)
+        assert started and server.describe_info(info)["stops_after_idle_minutes"] == 0.1
+        with server.using(server.ApiChoice(info.url, "reused", info)):  # a command lasting 2x the idle time
+            time.sleep(13)
+            assert server.status(home) == info
+        deadline = time.monotonic() + 60
+        while server.read_info(home) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server.read_info(home) is None and not server._alive(info.pid)  # stopped by itself
+        assert "after 0.1 minutes without use" in (home / server.LOG_FILE).read_text()
+        again, started = server.ensure(home)
+        assert started and again.pid != info.pid and server.status(home) == again
+    finally:
+        server.stop(home)
+
+
+def test_the_idle_setting_is_checked(monkeypatch) -> None:  # noqa: ANN001
+    from assetferry.connectors.core.errors import ConfigError
+
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("ASSETFERRY_PREFECT_IDLE_MINUTES", bad)
+        try:
+            server.idle_minutes()
+        except ConfigError as exc:
+            assert "ASSETFERRY_PREFECT_IDLE_MINUTES" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    monkeypatch.setenv("ASSETFERRY_PREFECT_IDLE_MINUTES", "0")
+    assert server.idle_minutes() == 0
+    monkeypatch.delenv("ASSETFERRY_PREFECT_IDLE_MINUTES")
+    assert server.idle_minutes() == server.DEFAULT_IDLE_MINUTES

@@ -125,6 +125,19 @@ def test_log_level_is_checked():
     assert out.returncode == 2 and "LOUD" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_the_command_gives_arrow_the_system_allocator_unless_the_user_chose_one():
+    """mimalloc (Arrow's default pool) kept up to twice the memory `validate` needed at 1M rows."""
+    probe = ("import sys\nfrom assetferry.flows.cli import main\nsys.argv = ['assetferry', '--version']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "import pyarrow\nprint(pyarrow.default_memory_pool().backend_name)")
+    for chosen, expected in ((None, "system"), ("mimalloc", "mimalloc")):
+        env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+        if chosen:
+            env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0 and out.stdout.split()[-1] == expected, out.stderr[-2000:]
+
+
 # ---- the built wheel in a fresh environment --------------------------------------------------
 
 def test_built_wheel_installs_beside_a_foreign_flows_package_and_runs_the_demo(tmp_path):
