@@ -61,6 +61,7 @@ class ServerInfo:
     home: str
     started_at: float
     log: str
+    idle_minutes: float | None = None  # what its idle watcher was given (0: never; None: not recorded)
 
     @property
     def ui(self) -> str:
@@ -262,7 +263,8 @@ def _start(home: Path) -> ServerInfo:
             env=env, cwd=str(home), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     _CHILDREN[proc.pid] = proc
-    info = ServerInfo(pid=proc.pid, port=port, url=url, home=str(home), started_at=time.time(), log=str(log))
+    info = ServerInfo(pid=proc.pid, port=port, url=url, home=str(home), started_at=time.time(), log=str(log),
+                      idle_minutes=idle)
     _write_info(info)
     touch(home)
     _spawn_watch(info, idle * 60)
@@ -342,13 +344,13 @@ def touch(home: Path | None = None) -> None:
 
 class _KeepAlive:
     """While a command runs on the local server (a load may take hours), restart its idle clock
-    every ``every`` seconds from a daemon thread."""
+    from a daemon thread, four times per idle period of that server's watcher (at least once a
+    minute)."""
 
-    def __init__(self, home: Path, every: float | None = None) -> None:
+    def __init__(self, home: Path, minutes: float) -> None:
         import threading
 
-        idle = idle_minutes() * 60
-        self._every = every or min(60.0, max(0.5, idle / 4 if idle else 60.0))
+        self._every = min(60.0, max(0.5, minutes * 60 / 4))
         self._home = home
         self._done = threading.Event()
         touch(home)
@@ -410,7 +412,6 @@ def watch(home: Path, pid: int, idle: float, *, clock: Any = time.time, sleep: A
         return "stopped"
 
 
-
 # -- for the CLI --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ApiChoice:
@@ -457,7 +458,10 @@ def using(choice: ApiChoice) -> Iterator[ApiChoice]:
         return
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = choice.url
-    keepalive = _KeepAlive(Path(choice.info.home)) if choice.info is not None else None
+    idle = choice.info.idle_minutes if choice.info is not None else None
+    # a server recorded without its setting (an older PID file) gets the default's pace
+    keepalive = (_KeepAlive(Path(choice.info.home), DEFAULT_IDLE_MINUTES if idle is None else idle)
+                 if choice.info is not None and idle != 0 else None)
     try:
         if "prefect.settings" in sys.modules:
             from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -478,10 +482,9 @@ def using(choice: ApiChoice) -> Iterator[ApiChoice]:
 def describe_info(info: ServerInfo | None) -> dict[str, Any]:
     if info is None:
         return {"running": False, "home": str(prefect_home())}
-    idle = idle_minutes()
     return {"running": True, "url": info.url, "ui": info.ui, "pid": info.pid, "port": info.port,
             "home": info.home, "log": info.log, "started_at": info.started_at,
-            "stops_after_idle_minutes": idle or None}
+            "stops_after_idle_minutes": info.idle_minutes or None}
 
 
 if __name__ == "__main__":  # python -m assetferry.flows.server watch HOME PID IDLE_SECONDS

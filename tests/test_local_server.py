@@ -189,6 +189,9 @@ def test_an_unused_local_server_stops_by_itself_and_a_command_using_it_keeps_it(
     try:
         info, started = server.ensure(home)
         assert started and server.describe_info(info)["stops_after_idle_minutes"] == 0.1
+        # a later command's environment says nothing: it keeps pace with the server's own setting
+        monkeypatch.delenv("ASSETFERRY_PREFECT_IDLE_MINUTES")
+        assert server.describe_info(server.read_info(home))["stops_after_idle_minutes"] == 0.1
         with server.using(server.ApiChoice(info.url, "reused", info)):  # a command lasting 2x the idle time
             time.sleep(13)
             assert server.status(home) == info
